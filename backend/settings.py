@@ -1,0 +1,145 @@
+"""Every setting Segue reads, in one place.
+
+Nothing else in the code base reads ``os.environ``: components receive a
+``Settings`` instance, so tests can build one with overrides and the README
+can list every knob from ``SETTINGS`` below.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+OFFICIAL_MODELS = (
+    "facebook/musicgen-small",
+    "facebook/musicgen-medium",
+    "facebook/musicgen-large",
+    "facebook/musicgen-melody",
+    "facebook/musicgen-stereo-small",
+    "facebook/musicgen-stereo-medium",
+    "facebook/musicgen-stereo-large",
+    "facebook/musicgen-stereo-melody",
+)
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    attr: str
+    default: Any
+    help: str
+    parse: Any = str
+
+
+# The single table of settings: environment variable, attribute, default, help.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("PORT", "port", 8001, "HTTP port of the API (gunicorn).", int),
+    Setting("EXPRESS_PORT", "express_port", 3000, "HTTP port of the express-server ffmpeg sidecar.", int),
+    Setting("REDIS_URL", "redis_url", "", "Redis URL. Empty: `make run` starts an embedded Valkey server on 127.0.0.1."),
+    Setting("MONGO_URL", "mongo_url", "", "MongoDB URL. Empty: `make run` starts an embedded SecantusDB server (data under SEGUE_DATA_DIR)."),
+    Setting("SEGUE_MONGO_DB", "mongo_db", "segue", "MongoDB database name."),
+    Setting("SEGUE_MODELS", "models", OFFICIAL_MODELS,
+            "Comma list of offered models: Hugging Face ids or local `save_pretrained` folders. The first is the default.", _list),
+    Setting("SEGUE_DEVICE", "device", "auto", "Worker device: auto (CUDA when available), cuda, cuda:N or cpu."),
+    Setting("SEGUE_HALF_PRECISION", "half_precision", True, "Use fp16/bf16 on CUDA (ignored on CPU).", _bool),
+    Setting("SEGUE_DATA_DIR", "data_dir", Path("./var"), "Where embedded servers keep their data, logs and caches.", Path),
+    Setting("SEGUE_ALLOW_PRIVATE_URLS", "allow_private_urls", False,
+            "Allow media URLs on loopback/private addresses (local use and tests only).", _bool),
+    Setting("SEGUE_QUEUE", "queue_name", "segue", "Name of the RQ queue jobs go through."),
+    Setting("SEGUE_JOB_TIMEOUT", "job_timeout", 1800, "Seconds a task may run on a worker before it is failed.", int),
+    Setting("SEGUE_FETCH_TIMEOUT", "fetch_timeout", 30, "Socket timeout (s) for media downloads.", int),
+    Setting("SEGUE_RESULT_TTL_DAYS", "result_ttl_days", 7.0, "Days task documents and audio are kept after a task ends.", float),
+    Setting("SEGUE_MAX_BODY_MB", "max_body_mb", 100.0, "Largest request body accepted (413 above).", float),
+    Setting("SEGUE_MAX_CLIP_SECONDS", "max_clip_seconds", 600.0, "Longest /continue input clip accepted, seconds.", float),
+    Setting("SEGUE_MODEL_CACHE", "model_cache_size", 2, "How many models a worker keeps loaded (LRU).", int),
+    Setting("SEGUE_HEARTBEAT_SECONDS", "heartbeat_seconds", 10, "Worker heartbeat period; /health counts a worker live for 3 periods.", int),
+    Setting("SEGUE_CORS_ORIGINS", "cors_origins", ("*",), "Comma list of allowed CORS origins (`*` = any).", _list),
+    Setting("SEGUE_API_WORKERS", "api_workers", 2, "gunicorn worker processes for the API.", int),
+    Setting("SEGUE_API_THREADS", "api_threads", 16, "Threads per gunicorn worker (gthread).", int),
+    Setting("SEGUE_WORKERS", "workers", 1, "Worker processes `make run` starts.", int),
+    Setting("SEGUE_LOG_LEVEL", "log_level", "INFO", "Log level of API and worker."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8001
+    express_port: int = 3000
+    redis_url: str = ""
+    mongo_url: str = ""
+    mongo_db: str = "segue"
+    models: tuple[str, ...] = OFFICIAL_MODELS
+    device: str = "auto"
+    half_precision: bool = True
+    data_dir: Path = Path("./var")
+    allow_private_urls: bool = False
+    queue_name: str = "segue"
+    job_timeout: int = 1800
+    fetch_timeout: int = 30
+    result_ttl_days: float = 7.0
+    max_body_mb: float = 100.0
+    max_clip_seconds: float = 600.0
+    model_cache_size: int = 2
+    heartbeat_seconds: int = 10
+    cors_origins: tuple[str, ...] = ("*",)
+    api_workers: int = 2
+    api_threads: int = 16
+    workers: int = 1
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            raw = environ.get(s.env)
+            if raw is not None and raw != "":
+                try:
+                    values[s.attr] = s.parse(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{s.env}={raw!r} is not valid: {exc}") from None
+        values.update(overrides)
+        settings = cls(**values)
+        if not settings.models:
+            raise ValueError("SEGUE_MODELS must name at least one model")
+        return settings
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    @property
+    def result_ttl_seconds(self) -> int:
+        return int(self.result_ttl_days * 86400)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def as_env(self) -> dict[str, str]:
+        """The settings written back as environment variables (for child processes)."""
+        env = {}
+        for s in SETTINGS:
+            value = getattr(self, s.attr)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            env[s.env] = str(value)
+        return env
+
+
+assert {f.name for f in fields(Settings)} == {s.attr for s in SETTINGS}, "SETTINGS and Settings disagree"
