@@ -44,6 +44,7 @@ class Setting:
 # The single table of settings: environment variable, attribute, default, help.
 SETTINGS: tuple[Setting, ...] = (
     Setting("PORT", "port", 8001, "HTTP port of the API (gunicorn).", int),
+    Setting("SEGUE_HOST", "host", "0.0.0.0", "Address the API (and, under `make run`, the sidecar) listens on."),
     Setting("EXPRESS_PORT", "express_port", 3000, "HTTP port of the express-server ffmpeg sidecar.", int),
     Setting("REDIS_URL", "redis_url", "", "Redis URL. Empty: `make run` starts an embedded Valkey server on 127.0.0.1."),
     Setting("MONGO_URL", "mongo_url", "", "MongoDB URL. Empty: `make run` starts an embedded SecantusDB server (data under SEGUE_DATA_DIR)."),
@@ -74,6 +75,7 @@ SETTINGS: tuple[Setting, ...] = (
 @dataclass(frozen=True)
 class Settings:
     port: int = 8001
+    host: str = "0.0.0.0"
     express_port: int = 3000
     redis_url: str = ""
     mongo_url: str = ""

@@ -1,0 +1,24 @@
+# Quick start: `make run` (whole stack) and `make test` (all tests).
+# Both bootstrap what they need first and are safe to run again.
+.PHONY: run test bootstrap test-python test-node maintain
+
+PY := .venv/bin/python
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+run: bootstrap
+	@exec $(PY) -m backend.devstack
+
+test: bootstrap
+	@$(MAKE) --no-print-directory test-node
+	@$(MAKE) --no-print-directory test-python
+
+test-python:
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-node:
+	cd express-server && npm test
+
+maintain: bootstrap
+	$(PY) -m backend.maintenance

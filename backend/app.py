@@ -1,0 +1,40 @@
+"""Flask application factory (the API process: no torch here, ever)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from . import errorhandlers
+from .routes import generation, health, tasks
+from .services import Services
+from .settings import Settings
+
+
+def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env(**(overrides or {}))
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    init_app(app, settings)
+    return app
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    services = Services.from_settings(settings)
+    app.extensions["segue"] = services
+    origins = list(settings.cors_origins)
+    CORS(app, origins="*" if origins == ["*"] else origins,
+         expose_headers=["Content-Disposition", "X-Processing-Time-Ms", "X-Audio-Duration-Seconds"])
+    errorhandlers.register(app)
+    for blueprint in (generation.bp, tasks.bp, health.bp):
+        app.register_blueprint(blueprint)
+    try:
+        services.store.ensure_indexes()
+    except Exception as exc:  # MongoDB may start after us; indexes are retried on first write
+        app.logger.warning("could not create MongoDB indexes yet: %s", exc)
+

@@ -1,0 +1,75 @@
+"""Housekeeping that replaces the old blind 12-hour restart.
+
+- ``reap_orphans``: a task left ``processing`` by a worker that died (SIGKILL,
+  OOM, power loss) is queued again once, then failed with a reason, so no
+  task stays stuck. Workers run it every heartbeat; cron runs it too.
+- ``prune``: deletes expired result/input audio (task documents expire
+  through MongoDB's TTL index).
+
+Run by hand or from cron: ``python -m backend.maintenance``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import timedelta
+
+from . import heartbeat
+from .clock import utcnow
+from .services import Services
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 2
+
+
+def reap_orphans(services: Services, *, grace_seconds: float | None = None) -> dict[str, int]:
+    """Requeue or fail tasks whose worker no longer sends heartbeats."""
+    grace = timedelta(seconds=grace_seconds if grace_seconds is not None else services.settings.heartbeat_seconds * 3)
+    now = utcnow()
+    counts = {"requeued": 0, "failed": 0}
+    for task in services.store.processing_tasks():
+        worker_id = task.get("worker")
+        started = task.get("started_at")
+        if started is None or now - started < grace:
+            continue  # its worker may not have written a heartbeat yet
+        if worker_id and heartbeat.is_alive(services.redis, worker_id):
+            continue
+        task_id = task["_id"]
+        attempts = int(task.get("attempts") or 1)
+        if attempts < MAX_ATTEMPTS:
+            reason = f"worker {worker_id} stopped while running this task; retrying"
+            if services.store.requeue(task_id, reason):
+                job_id = services.queue.enqueue(task_id, job_id=f"{task_id}-r{attempts}", at_front=True)
+                services.store.update(task_id, {"job_id": job_id})
+                counts["requeued"] += 1
+                log.warning("requeued task %s: %s", task_id, reason)
+        else:
+            reason = (f"the worker running this task stopped unexpectedly ({attempts} attempts); "
+                      "it was not retried again")
+            if services.store.finish(task_id, "failed", {"error": reason}, only_from=("processing",)):
+                counts["failed"] += 1
+                log.warning("failed task %s: %s", task_id, reason)
+    return counts
+
+
+def prune(services: Services) -> int:
+    removed = services.store.prune_expired()
+    if removed:
+        log.info("pruned %d expired audio files", removed)
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    services = Services.from_settings(Settings.from_env())
+    counts = reap_orphans(services)
+    removed = prune(services)
+    print(f"requeued={counts['requeued']} failed={counts['failed']} pruned_audio={removed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

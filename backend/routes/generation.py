@@ -1,0 +1,24 @@
+"""POST /generate and POST /continue: validate, store, enqueue, answer 202."""
+
+from flask import Blueprint, jsonify
+
+from .. import schemas, services as svc
+from ..context import services
+from .request_body import json_body
+
+bp = Blueprint("generation", __name__)
+
+
+@bp.post("/generate")
+def generate():
+    s = services()
+    values = schemas.GENERATE.parse(json_body(), choices={"model": s.settings.models})
+    schemas.check_generate(values)
+    return jsonify(svc.submit_generate(s, values)), 202
+
+
+@bp.post("/continue")
+def continue_clip():
+    s = services()
+    values = schemas.CONTINUE.parse(json_body(), choices={"model": s.settings.models})
+    return jsonify(svc.submit_continue(s, values)), 202

@@ -1,0 +1,191 @@
+"""What the routes do: submit tasks, describe them, report health.
+
+Routes stay thin (parse, call one of these, answer); everything here works on
+the handles in ``Services`` so the same code runs under gunicorn and in tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from pymongo import MongoClient
+
+from . import heartbeat
+from .audiofile import probe_audio_bytes
+from .clock import iso, utcnow
+from .errors import BadRequest, NotFound
+from .ids import looks_like_task_id, new_task_id
+from .jobqueue import JobQueue
+from .progress import ProgressStore
+from .settings import Settings
+from .store import TaskStore, connect
+from .urlguard import check_url_allowed
+
+CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    mongo: MongoClient
+    store: TaskStore
+    queue: JobQueue
+    progress: ProgressStore
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Services":
+        if not settings.redis_url or not settings.mongo_url:
+            raise RuntimeError("REDIS_URL and MONGO_URL must be set (make run sets them for embedded servers)")
+        connection = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
+                                          health_check_interval=30)
+        mongo = connect(settings.mongo_url)
+        store = TaskStore(mongo[settings.mongo_db], settings.result_ttl_seconds)
+        return cls(settings, connection, mongo, store,
+                   JobQueue(connection, settings.queue_name, settings.job_timeout), ProgressStore(connection))
+
+
+# -- submission ---------------------------------------------------------------
+
+def _sampling(values: dict[str, Any]) -> dict[str, Any]:
+    keys = ("prompt", "seed", "top_k", "top_p", "temperature", "cfg_coef", "output_format", "webhook")
+    return {k: values[k] for k in keys}
+
+
+def _enqueue_new(services: Services, doc: dict) -> dict:
+    # Ping Redis first so a down queue answers 503 before anything is stored.
+    services.redis.ping()
+    services.store.insert_task(doc)
+    try:
+        services.queue.enqueue(doc["_id"], job_id=doc["job_id"])
+    except redis.RedisError:
+        services.store.tasks.delete_one({"_id": doc["_id"]})
+        raise
+    position = services.queue.position(doc["job_id"])
+    return {"task_id": doc["_id"], "status": "queued", "queue_position": position or 0}
+
+
+def _new_task(kind: str, model: str, request: dict, parent: str | None = None) -> dict:
+    task_id = new_task_id()
+    return {"_id": task_id, "job_id": task_id, "kind": kind, "status": "queued", "model": model, "request": request,
+            "parent_task_id": parent, "created_at": utcnow(), "started_at": None, "completed_at": None,
+            "error": None, "progress": 0.0, "attempts": 0}
+
+
+def submit_generate(services: Services, values: dict[str, Any]) -> dict:
+    check_url_allowed(values["url"], services.settings.allow_private_urls)
+    model = values["model"] or services.settings.default_model
+    low, high = values["duration"]
+    request = {"url": values["url"], "currentTime": values["currentTime"], "promptLength": values["promptLength"],
+               "duration": f"{low:g}-{high:g}", "duration_min": low, "duration_max": high, **_sampling(values)}
+    return _enqueue_new(services, _new_task("generate", model, request))
+
+
+def submit_continue(services: Services, values: dict[str, Any]) -> dict:
+    audio: bytes = values["audio"]
+    info = probe_audio_bytes(audio)
+    if info.duration_seconds < 1.0:
+        raise BadRequest(f"'audio' is {info.duration_seconds:.2f} s long; at least 1 s is needed",
+                         code="audio_too_short")
+    if info.duration_seconds > services.settings.max_clip_seconds:
+        raise BadRequest(f"'audio' is {info.duration_seconds:.0f} s long; the limit is "
+                         f"{services.settings.max_clip_seconds:g} s", code="audio_too_long")
+    model = values["model"] or services.settings.default_model
+    request = {"prompt_duration": values["prompt_duration"], "input_seconds": round(info.duration_seconds, 3),
+               "input_sample_rate": info.sample_rate, "input_channels": info.channels, **_sampling(values)}
+    doc = _new_task("continue", model, request, parent=values["task_id"])
+    services.redis.ping()
+    doc["input_file_id"] = services.store.put_audio(doc["_id"], "input", audio, "application/octet-stream")
+    try:
+        return _enqueue_new(services, doc)
+    except Exception:
+        services.store.delete_audio(doc["input_file_id"])
+        raise
+
+
+# -- reading tasks ---------------------------------------------------------------
+
+def load_task(services: Services, task_id: str) -> dict:
+    doc = services.store.get_task(task_id) if looks_like_task_id(task_id) else None
+    if doc is None:
+        raise NotFound(f"no task with id {task_id!r}", code="task_not_found")
+    return doc
+
+
+def current_progress(services: Services, doc: dict) -> float:
+    if doc["status"] == "completed":
+        return 100.0
+    if doc["status"] == "queued":
+        return 0.0
+    live = services.progress.get(doc["_id"])
+    return max(float(doc.get("progress") or 0.0), live or 0.0)
+
+
+def task_view(services: Services, doc: dict, *, include_audio: bool = True) -> dict:
+    status = doc["status"]
+    position = services.queue.position(doc.get("job_id", doc["_id"])) if status == "queued" else None
+    view = {
+        "task_id": doc["_id"],
+        "status": status,
+        "progress": round(current_progress(services, doc), 2),
+        "model": doc.get("model"),
+        "created_at": iso(doc.get("created_at")),
+        "started_at": iso(doc.get("started_at")),
+        "completed_at": iso(doc.get("completed_at")),
+        "error": doc.get("error"),
+        "queue_position": position or 0,
+        "parent_task_id": doc.get("parent_task_id"),
+        "request": doc.get("request", {}),
+        "duration_seconds": doc.get("duration_seconds"),
+        "sample_rate": doc.get("sample_rate"),
+        "channels": doc.get("channels"),
+        "bpm": doc.get("bpm"),
+        "seed": doc.get("seed"),
+        "output_format": doc.get("request", {}).get("output_format"),
+        "processing_time_ms": doc.get("processing_time_ms"),
+    }
+    if include_audio and status == "completed" and doc.get("result_file_id") is not None:
+        view["audio"] = base64.b64encode(services.store.read_audio(doc["result_file_id"])).decode("ascii")
+    return view
+
+
+def result_bytes(services: Services, doc: dict) -> bytes:
+    return services.store.read_audio(doc["result_file_id"])
+
+
+# -- health -----------------------------------------------------------------------
+
+def health(services: Services) -> dict:
+    report: dict[str, Any] = {}
+    try:
+        services.store.ping()
+        report["mongodb"] = "live"
+    except Exception:  # any failure means the store is unusable right now
+        report["mongodb"] = "down"
+    beats: list[dict] = []
+    try:
+        services.redis.ping()
+        report["redis"] = "live"
+        beats = heartbeat.read_all(services.redis)
+        report["queue_depth"] = services.queue.depth()
+    except redis.RedisError:
+        report["redis"] = "down"
+        report["queue_depth"] = None
+    working = [b for b in beats if b.get("torch_ok")]
+    report["pytorch"] = "live" if working else "down"
+    report["workers"] = len(beats)
+    devices = sorted({b.get("device") for b in working if b.get("device")})
+    report["device"] = devices[0] if len(devices) == 1 else (devices or None)
+    report["models_loaded"] = sorted({m for b in working for m in b.get("models_loaded", [])})
+    report["torch_version"] = working[0].get("torch_version") if working else None
+    report["worker_details"] = [
+        {k: b.get(k) for k in ("worker_id", "host", "pid", "device", "models_loaded", "current_task",
+                               "tasks_done", "torch_version")} for b in beats]
+    alive = all(report[k] == "live" for k in ("mongodb", "redis", "pytorch"))
+    report["status"] = "live" if alive else "degraded"
+    report["checked_at"] = time.time()
+    return report

@@ -1,0 +1,21 @@
+// Errors carry their HTTP status and a machine-readable code; the one error
+// handler in app.js renders them as {"error", "code"} JSON.
+
+export class HttpError extends Error {
+  constructor(status, code, message, extra = {}) {
+    super(message);
+    this.name = 'HttpError';
+    this.status = status;
+    this.code = code;
+    this.extra = extra; // merged into the JSON body (e.g. {"index": 2})
+  }
+}
+
+export const badRequest = (code, message, extra) => new HttpError(400, code, message, extra);
+
+export class ConfigError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}

@@ -1,0 +1,133 @@
+"""Shared fixtures: real servers, a tiny real MusicGen, a loopback media host.
+
+- One Valkey (Redis protocol) and one SecantusDB (MongoDB protocol) server per
+  test session, on free ports; every test gets a fresh database name and a
+  flushed Redis, so tests never see each other's tasks.
+- A tiny random MusicGen folder built offline and cached between runs.
+- A loopback HTTP server with click tracks at known tempos, for yt-dlp.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.embedded import start_mongo, start_redis
+from backend.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("SEGUE_TEST_CACHE", ROOT / ".cache" / "test-models"))
+ARTIFACTS = ROOT / "test-artifacts"
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = start_redis(tmp_path_factory.mktemp("redis"), persist=False, stdout=subprocess.DEVNULL)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server():
+    server = start_mongo(None, stdout=subprocess.DEVNULL)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from worker.random_model import build_tiny_musicgen
+
+    return build_tiny_musicgen(CACHE / "tiny-mono")
+
+
+@pytest.fixture(scope="session")
+def tiny_stereo_model() -> Path:
+    from worker.random_model import build_tiny_musicgen
+
+    return build_tiny_musicgen(CACHE / "tiny-stereo", stereo=True)
+
+
+@pytest.fixture(scope="session")
+def media_server():
+    from tests.media_server import MediaServer, make_click_track
+    from worker.audio import encode_mp3, encode_wav
+
+    with MediaServer() as server:
+        for bpm in (100, 120, 128):
+            track = make_click_track(bpm, 40.0, sr=44100, channels=2)
+            server.add(f"/click{bpm}.wav", encode_wav(track, 44100), "audio/wav")
+        server.add("/click120.mp3", encode_mp3(make_click_track(120, 40.0, sr=44100), 44100), "audio/mpeg")
+        yield server
+
+
+@pytest.fixture
+def settings(redis_server, mongo_server, tiny_model, tmp_path) -> Settings:
+    """Settings for one test: its own database, a flushed Redis, the tiny model offered."""
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushdb()
+    db = f"segue_test_{os.getpid()}_{next(_db_counter)}"
+    yield Settings(redis_url=redis_server.url, mongo_url=mongo_server.url, mongo_db=db,
+                   models=(str(tiny_model),), device="cpu", data_dir=tmp_path / "var",
+                   allow_private_urls=True, heartbeat_seconds=2, job_timeout=300)
+    import pymongo
+
+    pymongo.MongoClient(mongo_server.url).drop_database(db)
+
+
+@pytest.fixture
+def app(settings):
+    from backend.app import create_app
+
+    app = create_app(settings=settings)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def services(app):
+    return app.extensions["segue"]
+
+
+_MODEL_CACHES: dict = {}
+
+
+@pytest.fixture
+def run_worker(settings):
+    """Run a real RQ SimpleWorker in this process until the queue is empty (burst mode)."""
+    from rq import SimpleWorker
+
+    from worker import runtime
+
+    def run() -> None:
+        rt = runtime.init(settings, worker_id=f"test-worker-{os.getpid()}")
+        # Keep loaded engines across tests, as a long-lived worker would.
+        rt.models = _MODEL_CACHES.setdefault(settings.models, rt.models)
+        worker = SimpleWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id)
+        worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+
+    return run
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")

@@ -1,0 +1,158 @@
+"""MusicGenEngine against a real (tiny, random-weights) MusicGen."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worker.engine import GenerationCanceled, GenerationRequest, MusicGenEngine
+from worker.random_model import build_tiny_musicgen
+
+CACHE = Path(os.environ.get("SEGUE_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "test-models")
+
+
+@pytest.fixture(scope="module")
+def engine() -> MusicGenEngine:
+    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "musicgen-tiny")), device="cpu")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def stereo_engine() -> MusicGenEngine:
+    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "musicgen-tiny-stereo", stereo=True)), device="cpu")
+    yield engine
+    engine.close()
+
+
+def noise(channels: int, seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal((channels, round(seconds * sample_rate)))).astype(np.float32)
+
+
+def test_engine_describes_its_model(engine):
+    assert engine.sample_rate == 32000
+    assert engine.channels == 1
+    assert engine.device == "cpu"
+    assert engine.num_parameters > 100_000
+    assert engine.model.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("channels", "prompt_sr", "prompt_seconds", "total_seconds"),
+    [
+        (1, 32000, 1.0, 2.0),  # whole frames throughout
+        (2, 44100, 1.3, 2.37),  # stereo 44.1 kHz into a mono model, partial frames
+        (1, 16000, 0.5, 0.53),  # continuation shorter than two frames
+        (3, 48000, 0.71, 1.25),
+    ],
+)
+def test_output_length_is_exact(engine, channels, prompt_sr, prompt_seconds, total_seconds):
+    request = GenerationRequest(noise(channels, prompt_seconds, prompt_sr), prompt_sr, total_seconds)
+    (result,) = engine.generate([request])
+    assert result.sample_rate == 32000
+    assert result.audio.dtype == np.float32
+    assert result.audio.shape == (1, round(total_seconds * 32000))
+    assert np.all(np.isfinite(result.audio))
+
+
+def test_max_new_tokens_formula_matches_raw_model_output(engine):
+    # The raw output holds prompt frames + new frames, where
+    # new frames = max_new_tokens - (codebooks per channel - 1).
+    prompt = noise(1, 1.0, 32000)[0]
+    inputs = engine.processor(audio=[prompt], sampling_rate=32000, text=[""], padding=True, return_tensors="pt")
+    for new_frames in (1, 7, 50):
+        with torch.inference_mode():
+            audio = engine.model.generate(**inputs, do_sample=True, max_new_tokens=engine.max_new_tokens(new_frames))
+        assert audio.shape[-1] == (50 + new_frames) * 640
+    assert engine.max_new_tokens(50) == 53
+
+
+def test_stereo_model_returns_two_channels(stereo_engine):
+    assert stereo_engine.channels == 2
+    assert stereo_engine.codebooks_per_channel == 4
+    mono_prompt = GenerationRequest(noise(1, 0.5, 22050), 22050, 1.1)
+    stereo_prompt = GenerationRequest(noise(2, 0.5, 32000), 32000, 1.1, text="warm piano")
+    steps = []
+    results = stereo_engine.generate([mono_prompt], on_step=lambda step, total: steps.append(total))
+    results += stereo_engine.generate([stereo_prompt])
+    for result in results:
+        assert result.audio.shape == (2, round(1.1 * 32000))
+    # Stereo interleaves 8 codebooks but the delay is still 3 steps per channel.
+    assert steps[-1] == 30 + 3
+
+
+def test_same_seed_same_audio_different_seed_different_audio(engine):
+    def run(seed: int) -> np.ndarray:
+        request = GenerationRequest(noise(1, 0.6, 32000), 32000, 1.2, text="lofi beat", seed=seed)
+        return engine.generate([request])[0].audio
+
+    first, again, other = run(7), run(7), run(8)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_on_step_counts_every_step_up_to_the_total(engine):
+    calls: list[tuple[int, int]] = []
+    request = GenerationRequest(noise(1, 1.0, 32000), 32000, 1.5)
+    engine.generate([request], on_step=lambda step, total: calls.append((step, total)))
+    total = engine.max_new_tokens(25)
+    assert calls == [(step, total) for step in range(1, total + 1)]
+
+
+def test_returning_true_from_on_step_cancels(engine):
+    calls = []
+
+    def cancel_at_third_step(step: int, total: int) -> bool:
+        calls.append(step)
+        return step == 3
+
+    with pytest.raises(GenerationCanceled):
+        engine.generate([GenerationRequest(noise(1, 1.0, 32000), 32000, 3.0)], on_step=cancel_at_third_step)
+    assert calls == [1, 2, 3]
+
+
+@pytest.mark.parametrize("total_seconds", [0.5, 1.0])
+def test_prompt_not_shorter_than_total_is_rejected(engine, total_seconds):
+    with pytest.raises(ValueError, match="total_seconds"):
+        engine.generate([GenerationRequest(noise(1, 1.0, 32000), 32000, total_seconds)])
+
+
+def test_prompt_shorter_than_a_frame_is_rejected(engine):
+    with pytest.raises(ValueError, match="frame"):
+        engine.generate([GenerationRequest(noise(1, 0.01, 32000), 32000, 1.0)])
+
+
+def test_invalid_sampling_settings_are_rejected(engine):
+    with pytest.raises(ValueError, match="temperature"):
+        engine.generate([GenerationRequest(noise(1, 0.5, 32000), 32000, 1.0, temperature=0)])
+
+
+def test_batch_keeps_order_lengths_and_counts_steps_over_all_batches(engine):
+    same_a = GenerationRequest(noise(1, 0.5, 32000, seed=1), 32000, 1.0, text="rock")
+    other = GenerationRequest(noise(2, 0.7, 44100, seed=2), 44100, 1.4)
+    same_b = GenerationRequest(noise(1, 0.5, 32000, seed=3), 32000, 1.0, text="a much longer jazz description")
+    calls: list[tuple[int, int]] = []
+    results = engine.generate([same_a, other, same_b], on_step=lambda step, total: calls.append((step, total)))
+
+    assert [r.audio.shape[-1] for r in results] == [32000, round(1.4 * 32000), 32000]
+    # Two batches: [same_a, same_b] (25 new frames) and [other] (0.7 s -> 35 whole frames, 35 new).
+    total = engine.max_new_tokens(25) + engine.max_new_tokens(35)
+    assert calls == [(step, total) for step in range(1, total + 1)]
+    # The same batch again gives the same audio.
+    again = engine.generate([same_a, other, same_b])
+    for first, second in zip(results, again):
+        np.testing.assert_array_equal(first.audio, second.audio)
+
+
+def test_closed_engine_refuses_to_generate():
+    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "musicgen-tiny")), device="cpu")
+    engine.close()
+    engine.close()  # idempotent
+    assert engine.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate([GenerationRequest(noise(1, 0.5, 32000), 32000, 1.0)])

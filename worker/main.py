@@ -1,0 +1,105 @@
+"""The worker process: load models once, then run queued tasks in-process.
+
+RQ's default ``Worker`` forks a child per job, which would throw the loaded
+model away each time; ``SimpleWorker`` runs jobs in this process, so the
+models loaded before the loop stay warm. A heartbeat thread tells ``/health``
+what this worker runs on and reaps tasks orphaned by dead workers.
+
+Start with ``python -m worker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import signal
+import sys
+import threading
+import time
+
+from rq import SimpleWorker
+
+from backend import heartbeat
+from backend.maintenance import prune, reap_orphans
+from backend.settings import Settings
+
+from . import runtime
+
+log = logging.getLogger("worker")
+
+PRUNE_EVERY_SECONDS = 3600
+
+
+class Heartbeat(threading.Thread):
+    """Writes this worker's heartbeat and runs housekeeping every period."""
+
+    def __init__(self, rt: runtime.Runtime, info: dict):
+        super().__init__(name="segue-heartbeat", daemon=True)
+        self.rt = rt
+        self.info = info
+        self.stopped = threading.Event()
+        self._pruned_at = 0.0
+
+    def beat(self) -> None:
+        rt = self.rt
+        heartbeat.write(rt.services.redis, rt.worker_id,
+                        dict(self.info, models_loaded=rt.models.loaded(), current_task=rt.current_task,
+                             tasks_done=rt.tasks_done),
+                        rt.settings.heartbeat_seconds)
+
+    def housekeeping(self) -> None:
+        reap_orphans(self.rt.services)
+        if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
+            prune(self.rt.services)
+            self._pruned_at = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.beat()
+                self.housekeeping()
+            except Exception as exc:  # Redis/Mongo blips must not kill the thread
+                log.warning("heartbeat/housekeeping failed: %s", exc)
+            self.stopped.wait(self.rt.settings.heartbeat_seconds)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            heartbeat.remove(self.rt.services.redis, self.rt.worker_id)
+        except Exception:
+            pass
+
+
+def torch_info(device: str) -> dict:
+    import torch
+
+    # A real operation on the device proves torch works there, not just imports.
+    ok = bool((torch.ones(2, device=device) * 2).sum().item() == 4)
+    return {"torch_ok": ok, "torch_version": torch.__version__, "device": device,
+            "host": platform.node(), "cuda": torch.cuda.is_available()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rt = runtime.init(settings)
+    log.info("worker %s loading default model %s", rt.worker_id, settings.default_model)
+    started = time.monotonic()
+    engine = rt.models.get(settings.default_model)
+    log.info("model %s loaded on %s in %.1f s", settings.default_model, engine.device, time.monotonic() - started)
+
+    info = dict(torch_info(engine.device), pid=__import__("os").getpid())
+    beat = Heartbeat(rt, info)
+    beat.beat()
+    beat.start()
+
+    worker = SimpleWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id)
+    try:
+        worker.work(logging_level=settings.log_level, with_scheduler=False)
+    finally:
+        beat.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,220 @@
+"""Random-weights MusicGen folders, built offline.
+
+Tests and benchmarks need a real ``MusicgenForConditionalGeneration`` that
+loads with ``from_pretrained`` like a hub checkpoint, but nothing may be
+downloaded. These builders write a complete ``save_pretrained`` folder (model,
+generation config, feature extractor and tokenizer) from configs alone:
+
+- ``build_tiny_musicgen``: a ~4 MB model that generates a second of audio in a
+  fraction of a second on CPU: the fixture for tests.
+- ``build_small_arch_musicgen``: musicgen-small's exact architecture (t5-base
+  text encoder, EnCodec 32 kHz, 24-layer decoder, ~587M parameters). Weights do
+  not change speed, so this is the benchmark model.
+
+Both are idempotent: a folder is built in a sibling temporary directory and
+renamed into place, so an existing folder is always complete and is reused.
+
+CLI: ``python -m worker.random_model tiny|tiny-stereo|small-arch PATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    EncodecConfig,
+    EncodecFeatureExtractor,
+    GenerationConfig,
+    MusicgenConfig,
+    MusicgenDecoderConfig,
+    MusicgenForConditionalGeneration,
+    MusicgenProcessor,
+    T5Config,
+    T5Tokenizer,
+)
+
+# Written last into a finished folder; records what was built there.
+RECIPE_FILE = "segue_random_model.json"
+
+SAMPLE_RATE = 32_000
+# MusicGen's special token: one past the codebook, used as BOS and as padding
+# in the delay pattern.
+CODEBOOK_SIZE = 2048
+SPECIAL_AUDIO_TOKEN = CODEBOOK_SIZE
+
+_WORDS = (
+    "music song beat drum drums bass guitar piano synth vocal voice jazz rock pop "
+    "electronic ambient hip hop lofi chill happy sad dark bright slow fast tempo "
+    "bpm loop melody chord chords groove funk soul house techno trap orchestra "
+    "strings violin cello acoustic electric distorted clean warm cold epic calm "
+    "energetic retro modern 80s 90s dance cinematic with and a the of in"
+).split()
+
+
+def _t5_tokenizer(vocab_size: int) -> T5Tokenizer:
+    """A T5 (Unigram) tokenizer from an in-memory vocabulary, no sentencepiece file.
+
+    Lowercase words and single characters are enough to make any text
+    tokenizable; the ids must only stay below the text encoder's vocab size.
+    """
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(f"▁{word}", -5.0) for word in _WORDS]
+    pieces += [(char, -10.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789.,'-!?"]
+    pieces += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
+    if len(pieces) > vocab_size:
+        raise ValueError(f"tokenizer needs {len(pieces)} ids but the text encoder has {vocab_size}")
+    return T5Tokenizer(vocab=pieces, extra_ids=100, model_max_length=512)
+
+
+def _encodec_32khz(*, tiny: bool) -> EncodecConfig:
+    # target_bandwidths=[2.2] with 50 Hz frames and 11-bit codebooks gives
+    # 2200 // (50 * 11) = 4 quantizers: MusicGen's 4 codebooks per channel.
+    # That is why codebook_size has to stay 2048 even in the tiny model.
+    common = dict(
+        sampling_rate=SAMPLE_RATE,
+        audio_channels=1,  # stereo MusicGen encodes each channel separately
+        target_bandwidths=[2.2],
+        upsampling_ratios=[8, 5, 4, 4],  # hop 640 samples = 50 frames/s
+        codebook_size=CODEBOOK_SIZE,
+        chunk_length_s=None,
+        overlap=None,
+        normalize=False,
+        norm_type="weight_norm",
+        use_causal_conv=False,
+        pad_mode="reflect",
+        trim_right_ratio=1.0,
+        use_conv_shortcut=False,
+    )
+    # codebook_dim must equal hidden_size: this EnCodec has no projection between them.
+    if tiny:
+        return EncodecConfig(**common, hidden_size=16, num_filters=4, num_lstm_layers=1, codebook_dim=16)
+    return EncodecConfig(**common, hidden_size=128, num_filters=64, num_lstm_layers=2, codebook_dim=128)
+
+
+def _musicgen_config(text: T5Config, audio: EncodecConfig, decoder: MusicgenDecoderConfig) -> MusicgenConfig:
+    return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
+
+
+def _generation_config(max_length: int = 1500) -> GenerationConfig:
+    # The hub checkpoints ship these defaults; generate() needs the start token.
+    return GenerationConfig(
+        decoder_start_token_id=SPECIAL_AUDIO_TOKEN,
+        bos_token_id=SPECIAL_AUDIO_TOKEN,
+        pad_token_id=SPECIAL_AUDIO_TOKEN,
+        do_sample=True,
+        guidance_scale=3.0,
+        top_k=250,
+        max_length=max_length,
+    )
+
+
+def _tiny_config(stereo: bool) -> MusicgenConfig:
+    text = T5Config(
+        vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
+    )
+    channels = 2 if stereo else 1
+    decoder = MusicgenDecoderConfig(
+        vocab_size=CODEBOOK_SIZE, max_position_embeddings=2048, num_hidden_layers=2,
+        ffn_dim=64, num_attention_heads=4, hidden_size=32, dropout=0.0,
+        num_codebooks=4 * channels, audio_channels=channels,
+        pad_token_id=SPECIAL_AUDIO_TOKEN, bos_token_id=SPECIAL_AUDIO_TOKEN,
+    )
+    return _musicgen_config(text, _encodec_32khz(tiny=True), decoder)
+
+
+def _small_arch_config() -> MusicgenConfig:
+    # facebook/musicgen-small: t5-base encoder, EnCodec 32 kHz, 24x1024 decoder.
+    text = T5Config(
+        vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12,
+        num_heads=12, relative_attention_num_buckets=32, dropout_rate=0.1,
+        layer_norm_epsilon=1e-6, feed_forward_proj="relu",
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=CODEBOOK_SIZE, max_position_embeddings=2048, num_hidden_layers=24,
+        ffn_dim=4096, num_attention_heads=16, hidden_size=1024, dropout=0.1,
+        activation_function="gelu", num_codebooks=4, audio_channels=1,
+        pad_token_id=SPECIAL_AUDIO_TOKEN, bos_token_id=SPECIAL_AUDIO_TOKEN,
+    )
+    return _musicgen_config(text, _encodec_32khz(tiny=False), decoder)
+
+
+def _is_complete(path: Path, recipe: dict) -> bool:
+    marker = path / RECIPE_FILE
+    if not marker.is_file():
+        if path.exists() and any(path.iterdir()):
+            raise FileExistsError(f"{path} exists and is not a model built by worker.random_model")
+        return False
+    built = json.loads(marker.read_text())
+    if built != recipe:
+        raise FileExistsError(f"{path} holds a different random model ({built}), not {recipe}")
+    return True
+
+
+def _build(path: Path, recipe: dict, config: MusicgenConfig, seed: int) -> Path:
+    path = Path(path)
+    if _is_complete(path, recipe):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
+    try:
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(config).eval()
+        model.generation_config = _generation_config()
+        model.save_pretrained(staging)
+        channels = config.decoder.audio_channels
+        feature_extractor = EncodecFeatureExtractor(
+            feature_size=channels, sampling_rate=SAMPLE_RATE, padding_value=0.0,
+            chunk_length_s=None, overlap=None,
+        )
+        MusicgenProcessor(feature_extractor, _t5_tokenizer(config.text_encoder.vocab_size)).save_pretrained(staging)
+        (staging / RECIPE_FILE).write_text(json.dumps(recipe))
+        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is not secret
+        if path.exists():  # an empty folder we may replace
+            path.rmdir()
+        try:
+            os.rename(staging, path)
+        except OSError:
+            # Another process finished the same build first; keep theirs.
+            if not _is_complete(path, recipe):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def build_tiny_musicgen(path: str | os.PathLike, *, stereo: bool = False, seed: int = 0) -> Path:
+    """A ~4 MB random MusicGen (mono: 4 codebooks; stereo: 8 interleaved) at ``path``."""
+    recipe = {"kind": "tiny-stereo" if stereo else "tiny", "seed": seed}
+    return _build(Path(path), recipe, _tiny_config(stereo), seed)
+
+
+def build_small_arch_musicgen(path: str | os.PathLike, *, seed: int = 0) -> Path:
+    """musicgen-small's architecture with random weights (~587M params, ~2.4 GB)."""
+    return _build(Path(path), {"kind": "small-arch", "seed": seed}, _small_arch_config(), seed)
+
+
+_BUILDERS = {
+    "tiny": lambda path: build_tiny_musicgen(path),
+    "tiny-stereo": lambda path: build_tiny_musicgen(path, stereo=True),
+    "small-arch": build_small_arch_musicgen,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in _BUILDERS:
+        print(f"usage: python -m worker.random_model {'|'.join(_BUILDERS)} PATH", file=sys.stderr)
+        return 2
+    print(_BUILDERS[argv[0]](argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Process-wide worker state: service handles and the warm model cache.
+
+The worker process builds this once before its job loop, so jobs reuse
+loaded models (the old backend loaded MusicGen inside every job). Should a
+job ever run in a process that did not set it up (a forking RQ worker), it
+is built lazily from the environment: slower, but still correct.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from backend.services import Services
+from backend.settings import Settings
+
+from .model_cache import ModelCache
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    services: Services
+    models: ModelCache
+    worker_id: str
+    current_task: str | None = None
+    tasks_done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_runtime: Runtime | None = None
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+
+def init(settings: Settings, worker_id: str | None = None) -> Runtime:
+    global _runtime
+    from .engine import MusicGenEngine  # torch is imported here, in the worker only
+
+    def load(model_ref: str) -> MusicGenEngine:
+        return MusicGenEngine(model_ref, device=settings.device, half_precision=settings.half_precision)
+
+    _runtime = Runtime(settings=settings, services=Services.from_settings(settings),
+                       models=ModelCache(settings.model_cache_size, load),
+                       worker_id=worker_id or new_worker_id())
+    return _runtime
+
+
+def get() -> Runtime:
+    return _runtime or init(Settings.from_env())
