@@ -127,14 +127,15 @@ class Field:
         if text.startswith("data:"):  # browsers hand out data URLs; accept them
             text = text.partition(",")[2]
         text = re.sub(r"\s+", "", text)
+        # Accept the standard and the URL-safe alphabets, with or without padding.
+        if not re.fullmatch(r"[A-Za-z0-9+/_-]*={0,2}", text):
+            raise FieldError(f"'{self.name}' is not valid base64", code="invalid_base64")
+        text = text.rstrip("=").translate(str.maketrans("-_", "+/"))
         text += "=" * (-len(text) % 4)
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            try:
-                data = base64.urlsafe_b64decode(text)
-            except (binascii.Error, ValueError):
-                raise FieldError(f"'{self.name}' is not valid base64", code="invalid_base64") from None
+            raise FieldError(f"'{self.name}' is not valid base64", code="invalid_base64") from None
         if not data:
             raise FieldError(f"'{self.name}' is empty")
         return data

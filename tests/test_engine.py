@@ -15,16 +15,26 @@ from worker.random_model import build_tiny_musicgen
 CACHE = Path(os.environ.get("SEGUE_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "test-models")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # A ~1M-parameter model gains nothing from intra-op threads, and on a busy
+    # 2-core machine OpenMP barriers stall ~100 ms per decoding step.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def engine() -> MusicGenEngine:
-    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "musicgen-tiny")), device="cpu")
+def engine(one_thread) -> MusicGenEngine:
+    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "tiny-mono")), device="cpu")
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="module")
-def stereo_engine() -> MusicGenEngine:
-    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "musicgen-tiny-stereo", stereo=True)), device="cpu")
+def stereo_engine(one_thread) -> MusicGenEngine:
+    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "tiny-stereo", stereo=True)), device="cpu")
     yield engine
     engine.close()
 
@@ -150,7 +160,7 @@ def test_batch_keeps_order_lengths_and_counts_steps_over_all_batches(engine):
 
 
 def test_closed_engine_refuses_to_generate():
-    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "musicgen-tiny")), device="cpu")
+    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "tiny-mono")), device="cpu")
     engine.close()
     engine.close()  # idempotent
     assert engine.closed

@@ -76,7 +76,7 @@ def _within(length: float, low: float, high: float) -> float:
 def _nearest_in(low: float, high: float, min_s: float, max_s: float) -> float:
     """The point of [low, high] closest to [min_s, max_s] (the longest one when they overlap)."""
     if max_s < low:
-        return low
+        return float(low)
     if min_s > high:
-        return high
-    return min(max_s, high)
+        return float(high)
+    return float(min(max_s, high))

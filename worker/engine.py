@@ -24,8 +24,9 @@ module does about each quirk:
   (2048) to the T5 embedding, which fails; an empty string is the
   unconditioned prompt.
 - **Progress.** ``streamer=`` is useless for MusicGen; a ``StoppingCriteria``
-  is called exactly once per decoding step, so it reports progress and stops
-  generation when the caller cancels.
+  is called exactly once per decoding step, so it reports progress. To cancel
+  it raises: a ``True`` from it would stop mid-delay-pattern and transformers
+  would then fail to un-delay the codes.
 - **Sampling** uses torch's global RNG, so we seed it right before generate.
 """
 
@@ -92,19 +93,23 @@ class _Plan:
 
 
 class _StepHook(StoppingCriteria):
-    """Calls ``on_step(step, total_steps)`` once per decoding step; True cancels."""
+    """Calls ``on_step(step, total_steps)`` once per decoding step; True cancels.
+
+    Cancelling raises from inside generate(): stopping it early the ordinary
+    way (returning True) leaves the delay pattern incomplete, and transformers'
+    post-processing then fails to reshape the codes.
+    """
 
     def __init__(self, on_step: OnStep | None, total_steps: int):
         self.on_step = on_step
         self.total_steps = total_steps
         self.step = 0  # counts across all batches of one generate() call
-        self.canceled = False
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         self.step += 1
-        if self.on_step is not None and not self.canceled:
-            self.canceled = bool(self.on_step(self.step, self.total_steps))
-        return torch.full((input_ids.shape[0],), self.canceled, dtype=torch.bool, device=input_ids.device)
+        if self.on_step is not None and self.on_step(self.step, self.total_steps):
+            raise GenerationCanceled(f"canceled at step {self.step} of {self.total_steps}")
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
 
 
 class MusicGenEngine:
@@ -237,8 +242,6 @@ class MusicGenEngine:
                 guidance_scale=settings.cfg_coef,
                 stopping_criteria=StoppingCriteriaList([hook]),
             )
-            if hook.canceled:
-                raise GenerationCanceled(f"canceled at step {hook.step} of {hook.total_steps}")
             if hook.step - steps_before != first.max_new_tokens:
                 raise RuntimeError(
                     f"MusicGen ran {hook.step - steps_before} steps instead of {first.max_new_tokens}"

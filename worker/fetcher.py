@@ -163,7 +163,8 @@ def _media_urls(info: dict) -> list[str]:
 
 def _check_media_url(media_url: str, allow_private: bool) -> None:
     if not media_url.lower().startswith(("http://", "https://")):
-        return  # yt-dlp's own protocols (e.g. dash manifests fetched already)
+        # rtmp, file and friends: nothing a public service should follow.
+        raise FetchError("the media behind this URL uses a protocol we do not fetch")
     try:
         check_url_allowed(media_url, allow_private)
     except UrlRefused as exc:
@@ -222,6 +223,7 @@ def _past_end(start: float, duration: float | None) -> str:
 
 _PREFIX = re.compile(r"^(ERROR:\s*)?(\[[^\]]+\]\s*)?([\w-]+:\s+)?")
 _CAUSE = re.compile(r"\s*\(caused by .*\)\s*$", re.S)
+_BUG_REPORT = re.compile(r"[;.]?\s*please report this issue.*$", re.S | re.I)
 
 
 def describe_ytdlp_error(exc: Exception) -> str:
@@ -230,9 +232,12 @@ def describe_ytdlp_error(exc: Exception) -> str:
     from yt_dlp.utils import GeoRestrictedError, UnsupportedError
 
     cause = exc
-    # DownloadError wraps the original exception in exc_info.
-    while getattr(cause, "exc_info", None) and cause.exc_info[1] is not None and cause.exc_info[1] is not cause:
-        cause = cause.exc_info[1]
+    # DownloadError wraps the original exception in exc_info (bounded: never trust a chain).
+    for _ in range(5):
+        inner = (getattr(cause, "exc_info", None) or (None, None))[1]
+        if not isinstance(inner, Exception) or inner is cause:
+            break
+        cause = inner
     original = getattr(cause, "cause", None) or getattr(cause, "orig_msg", None)
 
     for candidate in (cause, original):
@@ -258,5 +263,6 @@ def describe_ytdlp_error(exc: Exception) -> str:
         return "the media at this URL could not be decoded as audio"
     if "Requested format is not available" in text:
         return "no audio found at this URL"
-    text = _CAUSE.sub("", _PREFIX.sub("", text.strip().splitlines()[0] if text.strip() else ""))
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    text = _BUG_REPORT.sub("", _CAUSE.sub("", _PREFIX.sub("", first_line)))
     return (text[:200].rstrip(". ") or "the media could not be downloaded")

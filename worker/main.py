@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     engine = rt.models.get(settings.default_model)
     log.info("model %s loaded on %s in %.1f s", settings.default_model, engine.device, time.monotonic() - started)
 
+    # librosa compiles its numba kernels on first use (tens of seconds on a
+    # fresh install); do it now rather than inside the first task.
+    from .tempo import warm_up
+
+    warm_up()
     info = dict(torch_info(engine.device), pid=__import__("os").getpid())
     beat = Heartbeat(rt, info)
     beat.beat()

@@ -12,7 +12,9 @@ generation config, feature extractor and tokenizer) from configs alone:
   not change speed, so this is the benchmark model.
 
 Both are idempotent: a folder is built in a sibling temporary directory and
-renamed into place, so an existing folder is always complete and is reused.
+renamed into place, so an existing folder is always complete; it is reused
+when it was built with the same recipe (kind, seed, builder version) and
+replaced otherwise. A folder that these builders did not write is never touched.
 
 CLI: ``python -m worker.random_model tiny|tiny-stereo|small-arch PATH``.
 """
@@ -38,9 +40,12 @@ from transformers import (
     T5Config,
     T5Tokenizer,
 )
+from transformers.models.encodec.modeling_encodec import EncodecEuclideanCodebook
 
 # Written last into a finished folder; records what was built there.
 RECIPE_FILE = "segue_random_model.json"
+# Bump when the builders change, so cached folders from older builders are rebuilt.
+RECIPE_VERSION = 2
 
 SAMPLE_RATE = 32_000
 # MusicGen's special token: one past the codebook, used as BOS and as padding
@@ -145,27 +150,39 @@ def _small_arch_config() -> MusicgenConfig:
     return _musicgen_config(text, _encodec_32khz(tiny=False), decoder)
 
 
-def _is_complete(path: Path, recipe: dict) -> bool:
+def _built_recipe(path: Path) -> dict | None:
+    """The recipe of the model built at ``path``, or None when there is none yet."""
     marker = path / RECIPE_FILE
-    if not marker.is_file():
-        if path.exists() and any(path.iterdir()):
-            raise FileExistsError(f"{path} exists and is not a model built by worker.random_model")
-        return False
-    built = json.loads(marker.read_text())
-    if built != recipe:
-        raise FileExistsError(f"{path} holds a different random model ({built}), not {recipe}")
-    return True
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not a model built by worker.random_model")
+    return None
+
+
+def _randomize_codebooks(model: MusicgenForConditionalGeneration) -> None:
+    # EnCodec initialises its codebooks to zeros (real ones are learned), which
+    # would decode every token to the same audio and make seeds meaningless.
+    for module in model.audio_encoder.modules():
+        if isinstance(module, EncodecEuclideanCodebook):
+            module.embed.normal_()
+            module.embed_avg.copy_(module.embed)
+            module.cluster_size.fill_(1.0)
 
 
 def _build(path: Path, recipe: dict, config: MusicgenConfig, seed: int) -> Path:
     path = Path(path)
-    if _is_complete(path, recipe):
+    recipe = {**recipe, "version": RECIPE_VERSION}
+    built = _built_recipe(path)
+    if built == recipe:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
     try:
         torch.manual_seed(seed)
         model = MusicgenForConditionalGeneration(config).eval()
+        with torch.no_grad():
+            _randomize_codebooks(model)
         model.generation_config = _generation_config()
         model.save_pretrained(staging)
         channels = config.decoder.audio_channels
@@ -176,17 +193,27 @@ def _build(path: Path, recipe: dict, config: MusicgenConfig, seed: int) -> Path:
         MusicgenProcessor(feature_extractor, _t5_tokenizer(config.text_encoder.vocab_size)).save_pretrained(staging)
         (staging / RECIPE_FILE).write_text(json.dumps(recipe))
         staging.chmod(0o755)  # mkdtemp makes it private; a model folder is not secret
-        if path.exists():  # an empty folder we may replace
-            path.rmdir()
-        try:
-            os.rename(staging, path)
-        except OSError:
-            # Another process finished the same build first; keep theirs.
-            if not _is_complete(path, recipe):
-                raise
+        _move_into_place(staging, path, recipe)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _move_into_place(staging: Path, path: Path, recipe: dict) -> None:
+    if path.exists():
+        if _built_recipe(path) is None:
+            path.rmdir()  # an empty folder
+        else:
+            # An older build of ours (other recipe or version): swap it out.
+            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, retired / path.name)
+            shutil.rmtree(retired, ignore_errors=True)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        # Another process finished the same build first; keep theirs.
+        if _built_recipe(path) != recipe:
+            raise
 
 
 def build_tiny_musicgen(path: str | os.PathLike, *, stereo: bool = False, seed: int = 0) -> Path:
