@@ -194,4 +194,4 @@ def test_worker_refuses_private_urls_when_not_allowed(client, services, run_work
         burst=True, with_scheduler=False, logging_level="WARNING")
     task = client.get(f"/tasks/{task_id}").get_json()
     assert task["status"] == "failed"
-    assert any(word in task["error"].lower() for word in ("private", "loopback"))
+    assert any(word in task["error"].lower() for word in ("private", "non-public", "loopback"))

@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from worker.engine import MusicGenEngine
 from worker.model_cache import ModelCache

@@ -148,14 +148,6 @@ class MusicGenEngine:
     # -- preparation -------------------------------------------------------
 
     def _prompt_at_model_rate(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        audio = np.asarray(audio, dtype=np.float32)
-        if audio.ndim == 1:
-            audio = audio[None, :]
-        if audio.ndim != 2 or audio.shape[0] < 1 or audio.shape[1] < 1:
-            raise ValueError(f"prompt_audio must have shape (channels, samples), got {audio.shape}")
-        if not np.all(np.isfinite(audio)):
-            raise ValueError("prompt_audio contains NaN or infinite samples")
-
         if self.channels == 1 or audio.shape[0] != self.channels:
             audio = audio.mean(axis=0, keepdims=True)
             audio = np.repeat(audio, self.channels, axis=0)  # stereo model: same signal both sides
@@ -168,18 +160,25 @@ class MusicGenEngine:
         return np.ascontiguousarray(audio[:, : whole_frames * self.hop_length], dtype=np.float32)
 
     def _plan(self, index: int, request: GenerationRequest) -> _Plan:
+        audio = np.asarray(request.prompt_audio, dtype=np.float32)
+        if audio.ndim == 1:
+            audio = audio[None, :]
+        if audio.ndim != 2 or audio.shape[0] < 1 or audio.shape[1] < 1:
+            raise ValueError(f"prompt_audio must have shape (channels, samples), got {audio.shape}")
+        if not np.all(np.isfinite(audio)):
+            raise ValueError("prompt_audio contains NaN or infinite samples")
         if request.prompt_sr <= 0:
             raise ValueError(f"prompt_sr must be positive, got {request.prompt_sr}")
         if request.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {request.temperature}")
         if request.top_k < 0 or not 0.0 <= request.top_p <= 1.0:
             raise ValueError("top_k must be >= 0 and top_p within [0, 1]")
-        prompt_seconds = np.shape(request.prompt_audio)[-1] / request.prompt_sr
+        prompt_seconds = audio.shape[1] / request.prompt_sr
         if request.total_seconds <= prompt_seconds:
             raise ValueError(
                 f"total_seconds ({request.total_seconds:g}) must exceed the prompt length ({prompt_seconds:g} s)"
             )
-        prompt = self._prompt_at_model_rate(request.prompt_audio, request.prompt_sr)
+        prompt = self._prompt_at_model_rate(audio, request.prompt_sr)
         total_samples = round(request.total_seconds * self.sample_rate)
         new_frames = max(1, math.ceil((total_samples - prompt.shape[1]) / self.hop_length))
         return _Plan(index, request, prompt, total_samples, new_frames, self.max_new_tokens(new_frames))

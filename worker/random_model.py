@@ -119,7 +119,8 @@ def _generation_config(max_length: int = 1500) -> GenerationConfig:
     )
 
 
-def _tiny_config(stereo: bool) -> MusicgenConfig:
+def tiny_config(stereo: bool = False) -> MusicgenConfig:
+    """Smallest MusicGen that still has the real token layout (4 codebooks of 2048 per channel)."""
     text = T5Config(
         vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
         num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
@@ -134,8 +135,8 @@ def _tiny_config(stereo: bool) -> MusicgenConfig:
     return _musicgen_config(text, _encodec_32khz(tiny=True), decoder)
 
 
-def _small_arch_config() -> MusicgenConfig:
-    # facebook/musicgen-small: t5-base encoder, EnCodec 32 kHz, 24x1024 decoder.
+def small_arch_config() -> MusicgenConfig:
+    """facebook/musicgen-small's configuration: t5-base encoder, EnCodec 32 kHz, 24x1024 decoder."""
     text = T5Config(
         vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12,
         num_heads=12, relative_attention_num_buckets=32, dropout_rate=0.1,
@@ -219,12 +220,12 @@ def _move_into_place(staging: Path, path: Path, recipe: dict) -> None:
 def build_tiny_musicgen(path: str | os.PathLike, *, stereo: bool = False, seed: int = 0) -> Path:
     """A ~4 MB random MusicGen (mono: 4 codebooks; stereo: 8 interleaved) at ``path``."""
     recipe = {"kind": "tiny-stereo" if stereo else "tiny", "seed": seed}
-    return _build(Path(path), recipe, _tiny_config(stereo), seed)
+    return _build(Path(path), recipe, tiny_config(stereo), seed)
 
 
 def build_small_arch_musicgen(path: str | os.PathLike, *, seed: int = 0) -> Path:
     """musicgen-small's architecture with random weights (~587M params, ~2.4 GB)."""
-    return _build(Path(path), {"kind": "small-arch", "seed": seed}, _small_arch_config(), seed)
+    return _build(Path(path), {"kind": "small-arch", "seed": seed}, small_arch_config(), seed)
 
 
 _BUILDERS = {

@@ -42,6 +42,11 @@ def init(settings: Settings, worker_id: str | None = None) -> Runtime:
     global _runtime
     from .engine import MusicGenEngine  # torch is imported here, in the worker only
 
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
     def load(model_ref: str) -> MusicGenEngine:
         return MusicGenEngine(model_ref, device=settings.device, half_precision=settings.half_precision)
 
