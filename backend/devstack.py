@@ -85,6 +85,7 @@ class Stack:
         self.servers: list[EmbeddedServer] = []
         self.children: list[Child] = []
         self.stopping = threading.Event()
+        self.parent_pid = os.getppid()
 
     def start_services(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -121,6 +122,9 @@ class Stack:
 
     def watch(self) -> int:
         while not self.stopping.is_set():
+            if os.getppid() != self.parent_pid:
+                log("stack", "parent process went away; stopping")
+                return 0
             for child in self.children:
                 code = child.process.poll()
                 if code is None:
@@ -152,9 +156,22 @@ class Stack:
         log("stack", "stopped")
 
 
+def stop_with_parent() -> None:
+    """Get SIGTERM when our parent dies: `make` does not pass SIGTERM on to its children."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent-pid check in Stack.watch still catches it
+
+
 def main() -> int:
     settings = Settings.from_env()
     stack = Stack(settings)
+    stop_with_parent()
 
     def on_signal(signum, _frame):
         log("stack", f"received {signal.Signals(signum).name}; stopping")

@@ -38,11 +38,12 @@ class Services:
     progress: ProgressStore
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Services":
+    def from_settings(cls, settings: Settings, *, blocking_reads: bool = False) -> "Services":
+        """``blocking_reads``: for RQ workers, whose BLPOP waits longer than any read timeout we would set."""
         if not settings.redis_url or not settings.mongo_url:
             raise RuntimeError("REDIS_URL and MONGO_URL must be set (make run sets them for embedded servers)")
-        connection = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
-                                          health_check_interval=30)
+        connection = redis.Redis.from_url(settings.redis_url, socket_timeout=None if blocking_reads else 5,
+                                          socket_connect_timeout=3, health_check_interval=30)
         mongo = connect(settings.mongo_url)
         store = TaskStore(mongo[settings.mongo_db], settings.result_ttl_seconds)
         return cls(settings, connection, mongo, store,

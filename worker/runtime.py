@@ -50,7 +50,7 @@ def init(settings: Settings, worker_id: str | None = None) -> Runtime:
     def load(model_ref: str) -> MusicGenEngine:
         return MusicGenEngine(model_ref, device=settings.device, half_precision=settings.half_precision)
 
-    _runtime = Runtime(settings=settings, services=Services.from_settings(settings),
+    _runtime = Runtime(settings=settings, services=Services.from_settings(settings, blocking_reads=True),
                        models=ModelCache(settings.model_cache_size, load),
                        worker_id=worker_id or new_worker_id())
     return _runtime
