@@ -109,7 +109,8 @@ class Stack:
 
     def start_apps(self, env: dict[str, str]) -> None:
         python = sys.executable
-        env = dict(env, PYTHONUNBUFFERED="1", EXPRESS_PORT=str(self.settings.express_port))
+        env = dict(env, PYTHONUNBUFFERED="1", EXPRESS_PORT=str(self.settings.express_port),
+                   EXPRESS_HOST=env.get("EXPRESS_HOST", self.settings.host))
         self.children.append(Child("express", ["node", "express-server/server.js"], env))
         self.children.append(Child("api", [python, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py",
                                            "backend.wsgi:app"], env))

@@ -205,3 +205,10 @@ def check_generate(values: dict[str, Any]) -> None:
         raise FieldError(
             f"'duration' ({low:g}-{high:g} s) is the total length including the prompt, so its MAX must "
             f"exceed promptLength ({values['promptLength']:g} s)")
+
+
+def check_continue(values: dict[str, Any]) -> None:
+    if values["prompt_duration"] >= MAX_WINDOW_SECONDS:
+        raise FieldError(
+            f"'prompt_duration' must be under {MAX_WINDOW_SECONDS:g} s: the model generates a "
+            f"{MAX_WINDOW_SECONDS:g} s window that includes the prompt")

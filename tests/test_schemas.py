@@ -3,7 +3,7 @@ import base64
 import pytest
 
 from backend.errors import BadRequest
-from backend.schemas import CONTINUE, GENERATE, check_generate
+from backend.schemas import CONTINUE, GENERATE, check_continue, check_generate
 
 MODELS = {"model": ("m1", "m2")}
 
@@ -85,3 +85,9 @@ def test_continue_decodes_base64_and_data_urls():
 def test_continue_rejects_missing_or_invalid_audio(audio):
     with pytest.raises(BadRequest):
         CONTINUE.parse({"audio": audio}, choices=MODELS)
+
+
+def test_continue_prompt_must_leave_room_in_the_window():
+    values = CONTINUE.parse({"audio": "UklGRg==", "prompt_duration": 30}, choices=MODELS)
+    with pytest.raises(BadRequest):
+        check_continue(values)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
+from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from backend.clock import utcnow
@@ -54,7 +55,8 @@ def run_task(task_id: str) -> str:
         log.info("task %s completed in %.1f s", task_id, time.monotonic() - started)
         return "completed"
     except BaseException as exc:
-        message = describe_failure(exc, rt.settings.job_timeout)
+        job = get_current_job()
+        message = describe_failure(exc, int(job.timeout) if job and job.timeout else rt.settings.job_timeout)
         store.finish(task_id, "failed", {"error": message, "progress": reporter.value},
                      only_from=("processing",))
         log.warning("task %s failed: %s", task_id, message, exc_info=not isinstance(exc, SegueError))

@@ -21,4 +21,5 @@ def generate():
 def continue_clip():
     s = services()
     values = schemas.CONTINUE.parse(json_body(), choices={"model": s.settings.models})
+    schemas.check_continue(values)
     return jsonify(svc.submit_continue(s, values)), 202

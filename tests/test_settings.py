@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+
+from backend.settings import SETTINGS, Settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_setting_is_documented_in_the_readme():
+    text = README.read_text()
+    missing = [s.env for s in SETTINGS if f"`{s.env}`" not in text]
+    assert not missing, f"README lacks: {missing}"
+
+
+def test_environment_overrides_defaults():
+    settings = Settings.from_env({"PORT": "9000", "SEGUE_MODELS": "a, b", "SEGUE_ALLOW_PRIVATE_URLS": "yes",
+                                  "SEGUE_RESULT_TTL_DAYS": "0.5"})
+    assert settings.port == 9000 and settings.models == ("a", "b") and settings.default_model == "a"
+    assert settings.allow_private_urls is True and settings.result_ttl_seconds == 43200
+
+
+def test_defaults_offer_the_official_models():
+    settings = Settings.from_env({})
+    assert settings.default_model == "facebook/musicgen-small" and settings.port == 8001
+    assert settings.express_port == 3000 and settings.device == "auto" and settings.data_dir == Path("./var")
+
+
+def test_bad_values_name_the_variable():
+    with pytest.raises(ValueError, match="PORT"):
+        Settings.from_env({"PORT": "eighty"})
+
+
+def test_round_trip_through_the_environment():
+    settings = Settings.from_env({"SEGUE_MODELS": "x,y", "SEGUE_HALF_PRECISION": "0"})
+    assert Settings.from_env(settings.as_env()) == settings

@@ -1,0 +1,98 @@
+"""Task-boundary guarantees: timeouts, orphaned tasks, heartbeats, and a torch-free API."""
+
+import base64
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+from backend import heartbeat
+from backend.clock import utcnow
+from backend.maintenance import MAX_ATTEMPTS, reap_orphans
+from tests.conftest import ROOT
+from tests.media_server import make_click_track
+from worker.audio import encode_wav
+
+
+def _continue_body(seconds=8.0):
+    clip = make_click_track(120, seconds, sr=32000)
+    return {"audio": base64.b64encode(encode_wav(clip, 32000)).decode(), "prompt_duration": 6}
+
+
+def test_job_timeout_fails_the_task_with_a_reason(client, services, settings, run_worker, monkeypatch):
+    services.queue.job_timeout = 1
+    task_id = client.post("/continue", json=_continue_body()).get_json()["task_id"]
+    run_worker()
+    task = client.get(f"/tasks/{task_id}").get_json()
+    assert task["status"] == "failed"
+    assert "1 s limit" in task["error"]
+    # RQ's registry agrees: the job is failed, not finished.
+    assert services.queue.job_status(task_id) == "failed"
+
+
+def _orphan(services, task_id, attempts, worker="gone-worker"):
+    services.store.update(task_id, {"status": "processing", "worker": worker, "attempts": attempts,
+                                    "started_at": utcnow() - timedelta(minutes=5)})
+    services.queue.remove(task_id)
+
+
+def test_orphaned_task_is_requeued_once_then_failed(client, services, run_worker, media_server):
+    task_id = client.post("/generate", json={"url": media_server.url("/click120.wav"), "duration": "8-10",
+                                             "promptLength": 3}).get_json()["task_id"]
+    _orphan(services, task_id, attempts=1)
+    assert reap_orphans(services) == {"requeued": 1, "failed": 0}
+    doc = services.store.get_task(task_id)
+    assert doc["status"] == "queued" and "retrying" in doc["last_error"]
+    assert services.queue.position(doc["job_id"]) == 1
+    run_worker()
+    assert client.get(f"/tasks/{task_id}").get_json()["status"] == "completed"
+
+    second = client.post("/generate", json={"url": media_server.url("/click120.wav")}).get_json()["task_id"]
+    _orphan(services, second, attempts=MAX_ATTEMPTS)
+    assert reap_orphans(services) == {"requeued": 0, "failed": 1}
+    task = client.get(f"/tasks/{second}").get_json()
+    assert task["status"] == "failed" and "stopped unexpectedly" in task["error"]
+
+
+def test_tasks_of_live_workers_are_left_alone(client, services, media_server):
+    task_id = client.post("/generate", json={"url": media_server.url("/click120.wav")}).get_json()["task_id"]
+    heartbeat.write(services.redis, "busy-worker", {"torch_ok": True}, period_seconds=10)
+    _orphan(services, task_id, attempts=1, worker="busy-worker")
+    assert reap_orphans(services) == {"requeued": 0, "failed": 0}
+    assert services.store.get_task(task_id)["status"] == "processing"
+
+
+def test_health_is_live_only_with_a_fresh_heartbeat(client, services):
+    assert client.get("/health").status_code == 503
+    heartbeat.write(services.redis, "w1", {"torch_ok": True, "device": "cpu", "torch_version": "2.13.0",
+                                          "models_loaded": ["m"]}, period_seconds=1)
+    body = client.get("/health").get_json()
+    assert body["pytorch"] == "live" and body["status"] == "live" and body["workers"] == 1
+    assert body["device"] == "cpu" and body["models_loaded"] == ["m"]
+    import time
+
+    time.sleep(3.2)  # three periods without a beat: the worker counts as gone
+    body = client.get("/health").get_json()
+    assert body["pytorch"] == "down" and body["workers"] == 0
+
+
+def test_canceled_or_taken_task_is_not_run_twice(client, services, run_worker, media_server):
+    task_id = client.post("/generate", json={"url": media_server.url("/click120.wav")}).get_json()["task_id"]
+    services.store.finish(task_id, "canceled")
+    run_worker()
+    assert services.store.get_task(task_id)["status"] == "canceled"
+    assert services.store.get_task(task_id).get("result_file_id") is None
+
+
+def test_api_process_never_imports_torch(settings):
+    code = (
+        "import sys, json\n"
+        "from backend.settings import Settings\n"
+        "from backend.app import create_app\n"
+        f"app = create_app(settings=Settings(redis_url={settings.redis_url!r}, mongo_url={settings.mongo_url!r}))\n"
+        "app.test_client().get('/health')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'librosa'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
