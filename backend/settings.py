@@ -63,7 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_MAX_BODY_MB", "max_body_mb", 100.0, "Largest request body accepted (413 above).", float),
     Setting("SEGUE_MAX_CLIP_SECONDS", "max_clip_seconds", 600.0, "Longest /continue input clip accepted, seconds.", float),
     Setting("SEGUE_TORCH_THREADS", "torch_threads", 0,
-            "CPU threads torch may use in a worker (0 = torch's default). 1 is fastest for tiny test models.", int),
+            "CPU threads a worker's torch uses while generating (0 = automatic: 1 for tiny models, else torch's default).", int),
     Setting("SEGUE_MODEL_CACHE", "model_cache_size", 2, "How many models a worker keeps loaded (LRU).", int),
     Setting("SEGUE_HEARTBEAT_SECONDS", "heartbeat_seconds", 10, "Worker heartbeat period; /health counts a worker live for 3 periods.", int),
     Setting("SEGUE_CORS_ORIGINS", "cors_origins", ("*",), "Comma list of allowed CORS origins (`*` = any).", _list),

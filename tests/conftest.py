@@ -78,8 +78,7 @@ def settings(redis_server, mongo_server, tiny_model, tmp_path) -> Settings:
     db = f"segue_test_{os.getpid()}_{next(_db_counter)}"
     yield Settings(redis_url=redis_server.url, mongo_url=mongo_server.url, mongo_db=db,
                    models=(str(tiny_model),), device="cpu", data_dir=tmp_path / "var",
-                   allow_private_urls=True, heartbeat_seconds=2, job_timeout=300,
-                   torch_threads=1)
+                   allow_private_urls=True, heartbeat_seconds=2, job_timeout=300)
     import pymongo
 
     pymongo.MongoClient(mongo_server.url).drop_database(db)
@@ -114,7 +113,7 @@ def run_worker(settings):
 
     from worker import runtime
 
-    def run() -> None:
+    def run(settings: Settings = settings) -> None:
         rt = runtime.init(settings, worker_id=f"test-worker-{os.getpid()}")
         # Keep loaded engines across tests, as a long-lived worker would.
         rt.models = _MODEL_CACHES.setdefault(settings.models, rt.models)

@@ -195,3 +195,27 @@ def test_worker_refuses_private_urls_when_not_allowed(client, services, run_work
     task = client.get(f"/tasks/{task_id}").get_json()
     assert task["status"] == "failed"
     assert any(word in task["error"].lower() for word in ("private", "non-public", "loopback"))
+
+
+def test_stereo_model_folder_gives_two_channels(settings, tiny_model, tiny_stereo_model, run_worker, media_server):
+    from backend.app import create_app
+
+    stereo = settings.with_(models=(str(tiny_model), str(tiny_stereo_model)))
+    client = create_app(settings=stereo).test_client()
+    models = [str(tiny_stereo_model), str(tiny_model)]
+    generate = submit(client, "/generate", {"url": media_server.url("/click120.wav"), "duration": "8-10",
+                                            "promptLength": 3, "model": models[0]})
+    clip = make_click_track(120, 8.0, sr=48000, channels=1)
+    cont = submit(client, "/continue", {"audio": base64.b64encode(encode_wav(clip, 48000)).decode(),
+                                        "model": models[0], "prompt_duration": 4})
+    run_worker(stereo)
+    task = client.get(f"/tasks/{generate}").get_json()
+    assert task["status"] == "completed", task["error"]
+    _, audio, sr = result_audio(task)
+    assert audio.shape[0] == 2 and sr == 32000 and task["channels"] == 2 and task["model"] == models[0]
+    # /continue answers in the input's format: a mono 48 kHz clip stays mono 48 kHz.
+    task = client.get(f"/tasks/{cont}").get_json()
+    assert task["status"] == "completed", task["error"]
+    _, audio, sr = result_audio(task)
+    assert audio.shape[0] == 1 and sr == 48000
+    assert abs(audio.shape[1] / sr - (8.0 - 4 + 30)) <= 1 / 50

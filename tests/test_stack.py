@@ -74,7 +74,7 @@ def stack_env(tiny_model, tmp_path):
     for key in ("REDIS_URL", "MONGO_URL"):
         env.pop(key, None)
     env.update(SEGUE_MODELS=str(tiny_model), SEGUE_DATA_DIR=str(tmp_path / "var"), PORT=str(free_port()),
-               EXPRESS_PORT=str(free_port()), SEGUE_ALLOW_PRIVATE_URLS="1", SEGUE_TORCH_THREADS="1",
+               EXPRESS_PORT=str(free_port()), SEGUE_ALLOW_PRIVATE_URLS="1",
                SEGUE_HEARTBEAT_SECONDS="2", SEGUE_API_WORKERS="2", SEGUE_HOST="127.0.0.1")
     return env
 

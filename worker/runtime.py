@@ -42,13 +42,9 @@ def init(settings: Settings, worker_id: str | None = None) -> Runtime:
     global _runtime
     from .engine import MusicGenEngine  # torch is imported here, in the worker only
 
-    if settings.torch_threads > 0:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
-
     def load(model_ref: str) -> MusicGenEngine:
-        return MusicGenEngine(model_ref, device=settings.device, half_precision=settings.half_precision)
+        return MusicGenEngine(model_ref, device=settings.device, half_precision=settings.half_precision,
+                              cpu_threads=settings.torch_threads)
 
     _runtime = Runtime(settings=settings, services=Services.from_settings(settings, blocking_reads=True),
                        models=ModelCache(settings.model_cache_size, load),
