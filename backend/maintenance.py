@@ -3,6 +3,8 @@
 - ``reap_orphans``: a task left ``processing`` by a worker that died (SIGKILL,
   OOM, power loss) is queued again once, then failed with a reason, so no
   task stays stuck. Workers run it every heartbeat; cron runs it too.
+- ``requeue_lost``: a task ``queued`` in MongoDB but on no RQ queue (its
+  job was lost) is queued again.
 - ``prune``: deletes expired result/input audio (task documents expire
   through MongoDB's TTL index).
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import timedelta
 
 from . import heartbeat
@@ -55,6 +58,41 @@ def reap_orphans(services: Services, *, grace_seconds: float | None = None) -> d
     return counts
 
 
+def _lost_from_queue(services: Services, task: dict) -> bool:
+    job_id = task.get("job_id") or task["_id"]
+    if services.queue.position(job_id) is not None:
+        return False
+    return services.queue.job_status(job_id) in (None, "queued", "canceled", "stopped")
+
+
+def requeue_lost(services: Services, *, grace_seconds: float | None = None, recheck_after: float = 2.0) -> int:
+    """Queue again tasks that are ``queued`` in MongoDB but on no RQ queue.
+
+    A batching worker takes companion jobs off the queue a moment before it
+    registers them as started; if it dies in between (or Redis lost its data
+    without persistence), the task would wait forever. Checked twice, a few
+    seconds apart, so a worker caught in that moment is not mistaken for lost.
+    """
+    grace = timedelta(seconds=grace_seconds if grace_seconds is not None else services.settings.heartbeat_seconds * 3)
+    cutoff = utcnow() - grace
+    candidates = [t for t in services.store.tasks.find({"status": "queued", "created_at": {"$lt": cutoff}},
+                                                       {"job_id": 1, "attempts": 1})
+                  if _lost_from_queue(services, t)]
+    if not candidates:
+        return 0
+    time.sleep(recheck_after)
+    requeued = 0
+    for task in candidates:
+        fresh = services.store.get_task(task["_id"])
+        if fresh is None or fresh["status"] != "queued" or not _lost_from_queue(services, fresh):
+            continue
+        job_id = services.queue.enqueue(task["_id"], job_id=f"{task['_id']}-q{int(time.time())}")
+        services.store.update(task["_id"], {"job_id": job_id})
+        requeued += 1
+        log.warning("task %s was queued but on no queue; queued it again", task["_id"])
+    return requeued
+
+
 def prune(services: Services) -> int:
     removed = services.store.prune_expired()
     if removed:
@@ -66,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     services = Services.from_settings(Settings.from_env())
     counts = reap_orphans(services)
+    lost = requeue_lost(services)
     removed = prune(services)
-    print(f"requeued={counts['requeued']} failed={counts['failed']} pruned_audio={removed}")
+    print(f"requeued={counts['requeued'] + lost} failed={counts['failed']} pruned_audio={removed}")
     return 0
 
 

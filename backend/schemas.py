@@ -196,6 +196,8 @@ CONTINUE = Schema("ContinueRequest", (
     Field("task_id", "string", "The task this clip came from (stored as parent_task_id).", max_length=128),
     Field("prompt_duration", "number", "The last this-many seconds of `audio` are the prompt.", default=6.0,
           minimum=1.0, maximum=MAX_WINDOW_SECONDS, example="6"),
+    Field("duration", "number", "Seconds generated, prompt included; the clip grows by duration - "
+          "prompt_duration.", default=MAX_WINDOW_SECONDS, minimum=1.0, maximum=MAX_WINDOW_SECONDS, example=30),
 ) + _COMMON, "Extend a clip the client holds by about 30 - prompt_duration seconds.")
 
 
@@ -208,7 +210,7 @@ def check_generate(values: dict[str, Any]) -> None:
 
 
 def check_continue(values: dict[str, Any]) -> None:
-    if values["prompt_duration"] >= MAX_WINDOW_SECONDS:
+    if values["prompt_duration"] >= values["duration"]:
         raise FieldError(
-            f"'prompt_duration' must be under {MAX_WINDOW_SECONDS:g} s: the model generates a "
-            f"{MAX_WINDOW_SECONDS:g} s window that includes the prompt")
+            f"'prompt_duration' ({values['prompt_duration']:g} s) must be shorter than 'duration' "
+            f"({values['duration']:g} s), the generated window that includes the prompt")

@@ -96,7 +96,8 @@ def submit_continue(services: Services, values: dict[str, Any]) -> dict:
         raise BadRequest(f"'audio' is {info.duration_seconds:.0f} s long; the limit is "
                          f"{services.settings.max_clip_seconds:g} s", code="audio_too_long")
     model = values["model"] or services.settings.default_model
-    request = {"prompt_duration": values["prompt_duration"], "input_seconds": round(info.duration_seconds, 3),
+    request = {"prompt_duration": values["prompt_duration"], "duration": values["duration"],
+               "input_seconds": round(info.duration_seconds, 3),
                "input_sample_rate": info.sample_rate, "input_channels": info.channels, **_sampling(values)}
     doc = _new_task("continue", model, request, parent=values["task_id"])
     services.redis.ping()
@@ -184,7 +185,7 @@ def health(services: Services) -> dict:
     report["models_loaded"] = sorted({m for b in working for m in b.get("models_loaded", [])})
     report["torch_version"] = working[0].get("torch_version") if working else None
     report["worker_details"] = [
-        {k: b.get(k) for k in ("worker_id", "host", "pid", "device", "models_loaded", "current_task",
+        {k: b.get(k) for k in ("worker_id", "host", "pid", "device", "models_loaded", "current_tasks",
                                "tasks_done", "torch_version")} for b in beats]
     alive = all(report[k] == "live" for k in ("mongodb", "redis", "pytorch"))
     report["status"] = "live" if alive else "degraded"

@@ -64,6 +64,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_MAX_CLIP_SECONDS", "max_clip_seconds", 600.0, "Longest /continue input clip accepted, seconds.", float),
     Setting("SEGUE_TORCH_THREADS", "torch_threads", 0,
             "CPU threads a worker's torch uses while generating (0 = automatic: 1 for tiny models, else torch's default).", int),
+    Setting("SEGUE_MAX_BATCH", "max_batch", 8, "Most queued tasks (same model) a worker runs as one batch; 1 turns batching off.", int),
+    Setting("SEGUE_BATCH_WAIT_MS", "batch_wait_ms", 50, "How long a worker waits for more tasks to fill a batch, ms.", int),
+    Setting("SEGUE_RECYCLE_AFTER_TASKS", "recycle_after_tasks", 0,
+            "Restart a worker process (between batches) after this many tasks; 0 = never.", int),
+    Setting("SEGUE_RECYCLE_ABOVE_MB", "recycle_above_mb", 0.0,
+            "Restart a worker process (between batches) when its resident memory exceeds this, MB; 0 = never.", float),
     Setting("SEGUE_MODEL_CACHE", "model_cache_size", 2, "How many models a worker keeps loaded (LRU).", int),
     Setting("SEGUE_HEARTBEAT_SECONDS", "heartbeat_seconds", 10, "Worker heartbeat period; /health counts a worker live for 3 periods.", int),
     Setting("SEGUE_CORS_ORIGINS", "cors_origins", ("*",), "Comma list of allowed CORS origins (`*` = any).", _list),
@@ -94,6 +100,10 @@ class Settings:
     max_body_mb: float = 100.0
     max_clip_seconds: float = 600.0
     torch_threads: int = 0
+    max_batch: int = 8
+    batch_wait_ms: int = 50
+    recycle_after_tasks: int = 0
+    recycle_above_mb: float = 0.0
     model_cache_size: int = 2
     heartbeat_seconds: int = 10
     cors_origins: tuple[str, ...] = ("*",)

@@ -142,7 +142,7 @@ def test_invalid_sampling_settings_are_rejected(engine):
         engine.generate([GenerationRequest(noise(1, 0.5, 32000), 32000, 1.0, temperature=0)])
 
 
-def test_batch_keeps_order_lengths_and_counts_steps_over_all_batches(engine):
+def test_batch_keeps_order_lengths_and_counts_steps_of_one_shared_call(engine):
     same_a = GenerationRequest(noise(1, 0.5, 32000, seed=1), 32000, 1.0, text="rock")
     other = GenerationRequest(noise(2, 0.7, 44100, seed=2), 44100, 1.4)
     same_b = GenerationRequest(noise(1, 0.5, 32000, seed=3), 32000, 1.0, text="a much longer jazz description")
@@ -150,8 +150,9 @@ def test_batch_keeps_order_lengths_and_counts_steps_over_all_batches(engine):
     results = engine.generate([same_a, other, same_b], on_step=lambda step, total: calls.append((step, total)))
 
     assert [r.audio.shape[-1] for r in results] == [32000, round(1.4 * 32000), 32000]
-    # Two batches: [same_a, same_b] (25 new frames) and [other] (0.7 s -> 35 whole frames, 35 new).
-    total = engine.max_new_tokens(25) + engine.max_new_tokens(35)
+    # One call for all three (left-padded prompts), run to the longest:
+    # 0.7 s -> 35 whole frames, 35 new.
+    total = engine.max_new_tokens(35)
     assert calls == [(step, total) for step in range(1, total + 1)]
     # The same batch again gives the same audio.
     again = engine.generate([same_a, other, same_b])

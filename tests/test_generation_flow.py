@@ -184,14 +184,7 @@ def test_timestamp_past_the_end_fails_with_a_reason(client, run_worker, media_se
 def test_worker_refuses_private_urls_when_not_allowed(client, services, run_worker, settings, media_server):
     # Submitted while allowed, run by a worker that is not: the worker checks again.
     task_id = submit(client, "/generate", {"url": media_server.url("/click120.wav")})
-    from worker import runtime
-
-    strict = settings.with_(allow_private_urls=False)
-    rt = runtime.init(strict, worker_id="strict-worker")
-    from rq import SimpleWorker
-
-    SimpleWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id).work(
-        burst=True, with_scheduler=False, logging_level="WARNING")
+    run_worker(settings.with_(allow_private_urls=False))
     task = client.get(f"/tasks/{task_id}").get_json()
     assert task["status"] == "failed"
     assert any(word in task["error"].lower() for word in ("private", "non-public", "loopback"))

@@ -91,3 +91,11 @@ def test_continue_prompt_must_leave_room_in_the_window():
     values = CONTINUE.parse({"audio": "UklGRg==", "prompt_duration": 30}, choices=MODELS)
     with pytest.raises(BadRequest):
         check_continue(values)
+
+
+def test_continue_duration_bounds_the_window():
+    values = CONTINUE.parse({"audio": "UklGRg==", "prompt_duration": "2", "duration": "3"}, choices=MODELS)
+    check_continue(values)
+    assert values["duration"] == 3.0
+    with pytest.raises(BadRequest):
+        check_continue(CONTINUE.parse({"audio": "UklGRg==", "prompt_duration": 6, "duration": 5}, choices=MODELS))

@@ -96,3 +96,16 @@ def test_api_process_never_imports_torch(settings):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_queued_task_missing_from_the_queue_is_queued_again(client, services, run_worker, media_server):
+    from backend.maintenance import requeue_lost
+
+    task_id = client.post("/generate", json={"url": media_server.url("/click120.wav"), "duration": "8-10",
+                                             "promptLength": 3}).get_json()["task_id"]
+    assert requeue_lost(services, grace_seconds=0, recheck_after=0) == 0  # still on the queue
+    services.queue.remove(task_id)  # as if a worker took it off the queue and died at once
+    assert requeue_lost(services, grace_seconds=0, recheck_after=0) == 1
+    assert services.queue.depth() == 1
+    run_worker()
+    assert client.get(f"/tasks/{task_id}").get_json()["status"] == "completed"

@@ -1,34 +1,46 @@
-"""RQ job entry point: ``worker.jobs.run_task(task_id)``.
+"""Task execution: the boundary where every task gets its outcome.
 
-This is the task boundary: whatever happens inside (bad media, a model
-error, RQ's timeout), the task document ends ``completed`` or ``failed`` with
-a readable reason; the exception is then re-raised so RQ's own registries
-(``rq info``) stay truthful.
+``run_tasks`` runs one or more tasks (a batch the worker collected) through
+prepare → one batched MusicGen call → finish → store. Whatever happens to a
+task (bad media, a model error, RQ's timeout, a crash of the batch), its
+document ends ``completed`` or ``failed`` with a readable reason, and one
+task's failure never fails the others.
+
+``run_task(task_id)`` is the RQ job function for a task run on its own; it
+re-raises failures so RQ's registries (``rq info``) stay truthful.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from backend.clock import utcnow
-from backend.errors import SegueError
+from backend.errors import SegueError, TaskFailure
 
 from . import audio as audio_ops
 from . import pipeline, runtime
+from .engine import GenerationCanceled
 from .progress_reporter import ProgressReporter
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
+# Where each stage sits on the 0-100 progress bar.
+PREPARED_AT, GENERATED_AT = 10.0, 96.0
+PREPARE_THREADS = 4  # downloads are I/O-bound; tempo detection releases the GIL in numba
 
 
 def describe_failure(exc: BaseException, timeout: int) -> str:
     if isinstance(exc, JobTimeoutException):
         return f"the task ran longer than the {timeout} s limit and was stopped"
+    if isinstance(exc, GenerationCanceled):
+        return "canceled while generating"
     if isinstance(exc, SegueError):
         return exc.message
     if isinstance(exc, MemoryError):
@@ -37,53 +49,126 @@ def describe_failure(exc: BaseException, timeout: int) -> str:
     return f"generation failed: {text[:500]}"
 
 
+@dataclass
+class TaskRun:
+    task_id: str
+    doc: dict
+    reporter: ProgressReporter
+    started: float = field(default_factory=time.monotonic)
+    prepared: pipeline.Prepared | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
 def run_task(task_id: str) -> str:
+    job = get_current_job()
+    timeout = int(job.timeout) if job and job.timeout else runtime.get().settings.job_timeout
+    outcome = run_tasks([task_id], timeout=timeout)[task_id]
+    if outcome is not None:
+        raise outcome
+    return "done"
+
+
+def run_tasks(task_ids: list[str], *, timeout: int) -> dict[str, BaseException | None]:
+    """Run tasks together; returns each task's failure (None when it completed or was skipped)."""
     rt = runtime.get()
-    store, progress = rt.services.store, rt.services.progress
-    doc = store.claim(task_id, rt.worker_id)
-    if doc is None:
-        log.info("task %s is no longer queued (canceled or already taken); skipping", task_id)
-        return "skipped"
-    rt.current_task = task_id
-    reporter = ProgressReporter(progress, task_id)
-    reporter.report(0.5, force=True)
-    started = time.monotonic()
+    outcomes: dict[str, BaseException | None] = {task_id: None for task_id in task_ids}
+    runs = _claim(rt, task_ids)
+    rt.current_tasks = [run.task_id for run in runs]
     try:
-        outcome = _run(rt, doc, reporter)
-        _store_result(rt, doc, outcome, started)
-        progress.raise_to(task_id, 100.0)
-        log.info("task %s completed in %.1f s", task_id, time.monotonic() - started)
-        return "completed"
-    except BaseException as exc:
-        job = get_current_job()
-        message = describe_failure(exc, int(job.timeout) if job and job.timeout else rt.settings.job_timeout)
-        store.finish(task_id, "failed", {"error": message, "progress": reporter.value},
-                     only_from=("processing",))
-        log.warning("task %s failed: %s", task_id, message, exc_info=not isinstance(exc, SegueError))
+        for model, group in _by_model(runs).items():
+            _run_group(rt, model, group)
+    except BaseException as exc:  # timeout or crash of the whole batch: fail whatever is unfinished
+        for run in runs:
+            if not run.done:
+                run.error = run.error or exc
         raise
     finally:
-        rt.current_task = None
-        rt.tasks_done += 1
+        for run in runs:
+            if run.error is not None and not run.done:
+                _fail(rt, run, timeout)
+            outcomes[run.task_id] = run.error
+        rt.current_tasks = []
+        rt.tasks_done += len(runs)
+    return outcomes
 
 
-def _run(rt: runtime.Runtime, doc: dict, reporter: ProgressReporter) -> pipeline.Outcome:
-    engine = rt.models.get(doc["model"])
-    request = doc["request"]
-    if doc["kind"] == "generate":
-        return pipeline.run_generate(engine, request, reporter, fetch_timeout=rt.settings.fetch_timeout,
-                                     allow_private=rt.settings.allow_private_urls)
-    clip = rt.services.store.read_audio(doc["input_file_id"])
-    return pipeline.run_continue(engine, request, clip, reporter)
+def _claim(rt: runtime.Runtime, task_ids: list[str]) -> list[TaskRun]:
+    runs = []
+    for task_id in task_ids:
+        doc = rt.services.store.claim(task_id, rt.worker_id)
+        if doc is None:
+            log.info("task %s is no longer queued (canceled or taken); skipping", task_id)
+            continue
+        reporter = ProgressReporter(rt.services.progress, task_id)
+        reporter.report(0.5, force=True)
+        runs.append(TaskRun(task_id, doc, reporter))
+    return runs
 
 
-def _store_result(rt: runtime.Runtime, doc: dict, outcome: pipeline.Outcome, started: float) -> None:
-    task_id = doc["_id"]
+def _by_model(runs: list[TaskRun]) -> dict[str, list[TaskRun]]:
+    groups: dict[str, list[TaskRun]] = {}
+    for run in runs:
+        groups.setdefault(run.doc["model"], []).append(run)
+    return groups
+
+
+def _prepare(rt: runtime.Runtime, run: TaskRun) -> None:
+    try:
+        request = run.doc["request"]
+        if run.doc["kind"] == "generate":
+            run.prepared = pipeline.prepare_generate(request, fetch_timeout=rt.settings.fetch_timeout,
+                                                     allow_private=rt.settings.allow_private_urls)
+        else:
+            clip = rt.services.store.read_audio(run.doc["input_file_id"])
+            run.prepared = pipeline.prepare_continue(request, clip)
+        run.reporter.report(PREPARED_AT)
+    except Exception as exc:
+        run.error = exc
+
+
+def _run_group(rt: runtime.Runtime, model: str, runs: list[TaskRun]) -> None:
+    with ThreadPoolExecutor(max_workers=min(PREPARE_THREADS, len(runs))) as pool:
+        list(pool.map(lambda run: _prepare(rt, run), runs))
+    ready = [run for run in runs if run.prepared is not None]
+    if not ready:
+        return
+    try:
+        engine = rt.models.get(model)
+    except Exception as exc:
+        for run in ready:
+            run.error = TaskFailure(f"model {model} could not be loaded: {exc}")
+        return
+    for run in ready:
+        run.prepared.request.on_progress = run.reporter.stage(PREPARED_AT, GENERATED_AT)
+    results = engine.generate_each([run.prepared.request for run in ready])
+    for run, result in zip(ready, results):
+        if isinstance(result, BaseException):
+            run.error = result
+            continue
+        try:
+            _store_result(rt, run, run.prepared.finish(result))
+        except Exception as exc:
+            run.error = exc
+        finally:
+            run.prepared = None  # drop the prompt and result arrays as soon as possible
+
+
+def _fail(rt: runtime.Runtime, run: TaskRun, timeout: int) -> None:
+    message = describe_failure(run.error, timeout)
+    rt.services.store.finish(run.task_id, "failed", {"error": message, "progress": run.reporter.value},
+                             only_from=("processing",))
+    run.done = True
+    log.warning("task %s failed: %s", run.task_id, message,
+                exc_info=run.error if not isinstance(run.error, SegueError) else None)
+
+
+def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) -> None:
+    task_id, doc = run.task_id, run.doc
     fmt = doc["request"].get("output_format") or "wav"
     audio = audio_ops.prevent_clipping(outcome.audio)
-    if fmt == "mp3":
-        data = audio_ops.encode_mp3(audio, outcome.sample_rate)
-    else:
-        data = audio_ops.encode_wav(audio, outcome.sample_rate)
+    data = audio_ops.encode_mp3(audio, outcome.sample_rate) if fmt == "mp3" else \
+        audio_ops.encode_wav(audio, outcome.sample_rate)
     store = rt.services.store
     file_id = store.put_audio(task_id, "result", data, CONTENT_TYPES[fmt])
     fields = {
@@ -96,14 +181,20 @@ def _store_result(rt: runtime.Runtime, doc: dict, outcome: pipeline.Outcome, sta
         "seed": outcome.seed,
         "prompt_seconds": outcome.prompt_seconds,
         "target_seconds": outcome.target_seconds,
-        "processing_time_ms": int((time.monotonic() - started) * 1000),
+        "processing_time_ms": int((time.monotonic() - run.started) * 1000),
         "result_bytes": len(data),
+        "batch_size": len(rt.current_tasks),
     }
-    if not store.finish(task_id, "completed", fields, only_from=("processing",)):
+    finished = store.finish(task_id, "completed", fields, only_from=("processing",))
+    run.done = True
+    if not finished:
         # Canceled (or reaped) while we worked: keep the outcome it already has.
         store.delete_audio(file_id)
         log.info("task %s ended elsewhere while running; result discarded", task_id)
         return
-    # Input audio of a /continue is no longer needed once its task has a result.
+    rt.services.progress.raise_to(task_id, 100.0)
+    # The input of a /continue is no longer needed once its task has a result.
     if doc.get("input_file_id") is not None:
         store.extend_audio_expiry(doc["input_file_id"], utcnow())
+    log.info("task %s completed in %.1f s (batch of %d)", task_id, time.monotonic() - run.started,
+             len(rt.current_tasks))

@@ -1,8 +1,9 @@
 """The worker process: load models once, then run queued tasks in-process.
 
 RQ's default ``Worker`` forks a child per job, which would throw the loaded
-model away each time; ``SimpleWorker`` runs jobs in this process, so the
-models loaded before the loop stay warm. A heartbeat thread tells ``/health``
+model away each time; ``BatchingWorker`` (a ``SimpleWorker``) runs jobs in
+this process, so the models loaded before the loop stay warm, and runs
+waiting tasks for the same model together as one batch. A heartbeat thread tells ``/health``
 what this worker runs on and reaps tasks orphaned by dead workers.
 
 Start with ``python -m worker``.
@@ -17,13 +18,13 @@ import sys
 import threading
 import time
 
-from rq import SimpleWorker
 
 from backend import heartbeat
-from backend.maintenance import prune, reap_orphans
+from backend.maintenance import prune, reap_orphans, requeue_lost
 from backend.settings import Settings
 
 from . import runtime
+from .batching_worker import BatchingWorker
 
 log = logging.getLogger("worker")
 
@@ -43,12 +44,13 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         rt = self.rt
         heartbeat.write(rt.services.redis, rt.worker_id,
-                        dict(self.info, models_loaded=rt.models.loaded(), current_task=rt.current_task,
+                        dict(self.info, models_loaded=rt.models.loaded(), current_tasks=rt.current_tasks,
                              tasks_done=rt.tasks_done),
                         rt.settings.heartbeat_seconds)
 
     def housekeeping(self) -> None:
         reap_orphans(self.rt.services)
+        requeue_lost(self.rt.services)
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
             prune(self.rt.services)
             self._pruned_at = time.monotonic()
@@ -98,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     beat.beat()
     beat.start()
 
-    worker = SimpleWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id)
+    worker = BatchingWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
+                            max_batch=settings.max_batch, batch_wait=settings.batch_wait_ms / 1000,
+                            recycle_after_tasks=settings.recycle_after_tasks,
+                            recycle_above_mb=settings.recycle_above_mb)
     try:
         worker.work(logging_level=settings.log_level, with_scheduler=False)
     finally:

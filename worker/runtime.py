@@ -26,7 +26,7 @@ class Runtime:
     services: Services
     models: ModelCache
     worker_id: str
-    current_task: str | None = None
+    current_tasks: list[str] = field(default_factory=list)
     tasks_done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
