@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -233,3 +234,20 @@ def test_stereo_model_batches_with_exact_lengths_and_alone_equality(stereo_engin
     for request, audio in zip(requests, batched):
         assert audio.shape == (2, round(request.total_seconds * 32000))
         np.testing.assert_array_equal(audio, audio_of(stereo_engine.generate_each([request]))[0])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # gc.get_objects() touches deprecated torch aliases
+def test_no_tensors_outlive_a_call(engine):
+    def tensors() -> set[int]:
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if isinstance(o, torch.Tensor)}
+
+    engine.generate_each(mixed_requests())  # warm: lazily built buffers exist from here on
+    before = tensors()
+    for change in (lambda r: None, lambda r: setattr(r[1], "top_k", 2.5),
+                   lambda r: setattr(r[0], "should_stop", lambda: True)):
+        requests = mixed_requests()
+        change(requests)
+        outcomes = engine.generate_each(requests)
+        del outcomes, requests
+        assert tensors() <= before

@@ -68,8 +68,8 @@ class RowState:
         try:
             return callback(*args)
         except Exception as exc:  # noqa: BLE001 - any callback error belongs to this row
-            log.warning("row %d: callback %r failed", self.index, callback, exc_info=exc)
-            exc.__traceback__ = None
+            log.warning("row %d: callback %r failed: %r", self.index, callback, exc)
+            exc.__traceback__ = None  # its frames hold the batch's tensors
             self.fail(exc)
             return None
 
