@@ -57,6 +57,31 @@ def tiny_stereo_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def engine(tiny_model):
+    from worker.engine import MusicGenEngine
+
+    engine = MusicGenEngine(str(tiny_model), device="cpu")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def stereo_engine(tiny_stereo_model):
+    from worker.engine import MusicGenEngine
+
+    engine = MusicGenEngine(str(tiny_stereo_model), device="cpu")
+    yield engine
+    engine.close()
+
+
+def noise(channels: int, seconds: float, sample_rate: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal((channels, round(seconds * sample_rate)))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
 def media_server():
     from tests.media_server import MediaServer, make_click_track
     from worker.audio import encode_mp3, encode_wav

@@ -2,47 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from worker.engine import GenerationCanceled, GenerationRequest, MusicGenEngine
-from worker.random_model import build_tiny_musicgen
-
-CACHE = Path(os.environ.get("SEGUE_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "test-models")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A ~1M-parameter model gains nothing from intra-op threads, and on a busy
-    # 2-core machine OpenMP barriers stall ~100 ms per decoding step.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def engine(one_thread) -> MusicGenEngine:
-    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "tiny-mono")), device="cpu")
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def stereo_engine(one_thread) -> MusicGenEngine:
-    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "tiny-stereo", stereo=True)), device="cpu")
-    yield engine
-    engine.close()
-
-
-def noise(channels: int, seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal((channels, round(seconds * sample_rate)))).astype(np.float32)
-
+from tests.conftest import noise
 
 def test_engine_describes_its_model(engine):
     assert engine.sample_rate == 32000
@@ -160,8 +125,8 @@ def test_batch_keeps_order_lengths_and_counts_steps_of_one_shared_call(engine):
         np.testing.assert_array_equal(first.audio, second.audio)
 
 
-def test_closed_engine_refuses_to_generate():
-    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "tiny-mono")), device="cpu")
+def test_closed_engine_refuses_to_generate(tiny_model):
+    engine = MusicGenEngine(str(tiny_model), device="cpu")
     engine.close()
     engine.close()  # idempotent
     assert engine.closed

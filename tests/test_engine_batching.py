@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,38 +10,8 @@ import torch
 
 import worker.engine as engine_module
 from worker.engine import GenerationCanceled, GenerationRequest, GenerationResult, MusicGenEngine
-from worker.random_model import build_tiny_musicgen
+from tests.conftest import noise
 from worker.sampling import RowSampler
-
-CACHE = Path(os.environ.get("SEGUE_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "test-models")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def engine(one_thread) -> MusicGenEngine:
-    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "tiny-mono")), device="cpu")
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def stereo_engine(one_thread) -> MusicGenEngine:
-    engine = MusicGenEngine(str(build_tiny_musicgen(CACHE / "tiny-stereo", stereo=True)), device="cpu")
-    yield engine
-    engine.close()
-
-
-def noise(channels: int, seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal((channels, round(seconds * sample_rate)))).astype(np.float32)
-
 
 def mixed_requests() -> list[GenerationRequest]:
     """Four users: different prompts, prompt lengths, rates, totals, texts and sampling settings."""
