@@ -1,6 +1,6 @@
 # Quick start: `make run` (whole stack) and `make test` (all tests).
 # Both bootstrap what they need first and are safe to run again.
-.PHONY: run test bootstrap test-python test-node maintain
+.PHONY: run test bootstrap test-python test-node maintain bench
 
 PY := .venv/bin/python
 
@@ -22,3 +22,7 @@ test-node:
 
 maintain: bootstrap
 	$(PY) -m backend.maintenance
+
+# Throughput benchmark (not a test): baseline vs Segue vs raw model.generate.
+bench: bootstrap
+	@$(PY) -m bench

@@ -149,6 +149,7 @@ def task_view(services: Services, doc: dict, *, include_audio: bool = True) -> d
         "seed": doc.get("seed"),
         "output_format": doc.get("request", {}).get("output_format"),
         "processing_time_ms": doc.get("processing_time_ms"),
+        "batch_size": doc.get("batch_size"),
     }
     if include_audio and status == "completed" and doc.get("result_file_id") is not None:
         view["audio"] = base64.b64encode(services.store.read_audio(doc["result_file_id"])).decode("ascii")

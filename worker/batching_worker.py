@@ -3,7 +3,7 @@
 MusicGen decoding at batch 1 leaves the hardware mostly idle: a step at
 batch 8 costs little more than at batch 1. So when this worker dequeues a
 task, it also takes up to ``max_batch - 1`` other waiting tasks for the same
-model (waiting ``batch_wait`` for more to arrive) and runs them through one
+model (waiting while more keep arriving, see ``_take_companions``) and runs them through one
 batched generate call (``worker.jobs.run_tasks``).
 
 RQ stays truthful: every companion job is taken off the queue with an
@@ -39,6 +39,7 @@ from . import jobs, runtime
 log = logging.getLogger(__name__)
 
 SCAN_DEPTH = 200  # how far down the queue to look for companions
+MAX_WAIT_FACTOR = 10  # a batch waits at most this many batch_wait periods for companions
 
 
 def resident_mb() -> float:
@@ -85,7 +86,11 @@ class BatchingWorker(SimpleWorker):
         model = doc["model"]
         taken: list[Job] = []
         seen: set[str] = {primary.id}
-        deadline = time.monotonic() + self.batch_wait
+        # Wait while tasks keep arriving: clients of one burst reach the API a
+        # few ms apart, so each new companion extends the wait by batch_wait,
+        # up to MAX_WAIT_FACTOR * batch_wait in all. A lone task waits batch_wait.
+        started = time.monotonic()
+        deadline = started + self.batch_wait
         while len(taken) < self.max_batch - 1:
             candidates = [j for j in Job.fetch_many([i for i in queue.get_job_ids(0, SCAN_DEPTH) if i not in seen],
                                                     connection=self.connection)
@@ -99,6 +104,8 @@ class BatchingWorker(SimpleWorker):
                 # LREM is atomic: only one worker can take a given job off the queue.
                 if self.connection.lrem(queue.key, 1, candidate.id):
                     taken.append(candidate)
+                    deadline = min(time.monotonic() + self.batch_wait,
+                                   started + MAX_WAIT_FACTOR * self.batch_wait)
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.01)
