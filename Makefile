@@ -1,6 +1,6 @@
 # Quick start: `make run` (whole stack) and `make test` (all tests).
 # Both bootstrap what they need first and are safe to run again.
-.PHONY: run test bootstrap test-python test-node maintain bench
+.PHONY: run test bootstrap test-python test-node maintain bench load
 
 PY := .venv/bin/python
 
@@ -26,3 +26,7 @@ maintain: bootstrap
 # Throughput benchmark (not a test): baseline vs Segue vs raw model.generate.
 bench: bootstrap
 	@$(PY) -m bench
+
+# Load benchmark (not a test): 500 tasks through two workers, exactly once; wrk on the polling routes.
+load: bootstrap
+	@$(PY) -m bench.load $(LOAD_ARGS)

@@ -8,8 +8,8 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import errorhandlers
-from .routes import generation, health, tasks
+from . import auth, errorhandlers, ratelimit
+from .routes import docs, generation, health, tasks
 from .services import Services
 from .settings import Settings
 
@@ -29,9 +29,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.extensions["segue"] = services
     origins = list(settings.cors_origins)
     CORS(app, origins="*" if origins == ["*"] else origins,
-         expose_headers=["Content-Disposition", "X-Processing-Time-Ms", "X-Audio-Duration-Seconds"])
+         expose_headers=["Content-Disposition", "X-Processing-Time-Ms", "X-Audio-Duration-Seconds", "Retry-After"])
     errorhandlers.register(app)
-    for blueprint in (generation.bp, tasks.bp, health.bp):
+    auth.init_app(app, settings)  # before the limiter, so limits count per API key
+    ratelimit.init_app(app, settings)
+    for blueprint in (generation.bp, tasks.bp, health.bp, docs.bp):
         app.register_blueprint(blueprint)
     try:
         services.store.ensure_indexes()

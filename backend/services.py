@@ -16,6 +16,7 @@ from pymongo import MongoClient
 
 from . import heartbeat
 from .audiofile import probe_audio_bytes
+from .auth import current_owner
 from .clock import iso, utcnow
 from .errors import BadRequest, NotFound
 from .ids import looks_like_task_id, new_task_id
@@ -66,7 +67,10 @@ def _enqueue_new(services: Services, doc: dict) -> dict:
     except redis.RedisError:
         services.store.tasks.delete_one({"_id": doc["_id"]})
         raise
-    position = services.queue.position(doc["job_id"])
+    try:
+        position = services.queue.position(doc["job_id"])
+    except redis.RedisError:  # queued already: a 503 now would make the client submit it twice
+        position = None
     return {"task_id": doc["_id"], "status": "queued", "queue_position": position or 0}
 
 
@@ -74,7 +78,7 @@ def _new_task(kind: str, model: str, request: dict, parent: str | None = None) -
     task_id = new_task_id()
     return {"_id": task_id, "job_id": task_id, "kind": kind, "status": "queued", "model": model, "request": request,
             "parent_task_id": parent, "created_at": utcnow(), "started_at": None, "completed_at": None,
-            "error": None, "progress": 0.0, "attempts": 0}
+            "error": None, "progress": 0.0, "attempts": 0, "owner": current_owner()}
 
 
 def submit_generate(services: Services, values: dict[str, Any]) -> dict:

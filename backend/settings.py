@@ -32,6 +32,29 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _digests(text: str) -> tuple[str, ...]:
+    """Comma list of SHA-256 hex digests (64 hex characters each), lower-cased."""
+    digests = tuple(d.lower() for d in _list(text))
+    for d in digests:
+        if len(d) != 64 or any(c not in "0123456789abcdef" for c in d):
+            raise ValueError(f"{d[:8]}... is not a SHA-256 hex digest (64 hex characters); store digests, not keys")
+    return digests
+
+
+RATE_LIMIT_OFF = ("", "0", "off", "none", "no")
+
+
+def _rate_limit(text: str) -> str:
+    """A flask-limiter rate string such as ``30/minute`` (checked now), or ``off``."""
+    text = text.strip()
+    if text.lower() in RATE_LIMIT_OFF:
+        return "off"
+    from limits import parse_many  # installed with flask-limiter
+
+    parse_many(text)  # ValueError for a malformed string
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
@@ -77,6 +100,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_API_THREADS", "api_threads", 16, "Threads per gunicorn worker (gthread).", int),
     Setting("SEGUE_WORKERS", "workers", 1, "Worker processes `make run` starts.", int),
     Setting("SEGUE_LOG_LEVEL", "log_level", "INFO", "Log level of API and worker."),
+    Setting("SEGUE_API_KEYS", "api_keys", (),
+            "Comma list of SHA-256 hex digests of the accepted API keys (the keys are never stored); empty = no auth.",
+            _digests),
+    Setting("SEGUE_RATE_LIMIT", "rate_limit", "30/minute",
+            "Submissions (POST /generate, /continue) per API key, or per client IP when keys are off "
+            "(flask-limiter syntax, e.g. `30/minute` or `5/second;30/minute`); `off` = unlimited.", _rate_limit),
+    Setting("SEGUE_READ_RATE_LIMIT", "read_rate_limit", "600/minute",
+            "Every other request (polling reads, cancel) per API key or client IP; `off` = unlimited.", _rate_limit),
+    Setting("SEGUE_MAX_QUEUED_PER_KEY", "max_queued_per_key", 20,
+            "Most tasks one API key (or client IP) may have queued or processing; 0 = no cap.", int),
+    Setting("SEGUE_TRUST_PROXY", "trust_proxy", False,
+            "Take the client IP from the last X-Forwarded-For entry (only behind a reverse proxy you run).", _bool),
 )
 
 
@@ -111,6 +146,11 @@ class Settings:
     api_threads: int = 16
     workers: int = 1
     log_level: str = "INFO"
+    api_keys: tuple[str, ...] = ()
+    rate_limit: str = "30/minute"
+    read_rate_limit: str = "600/minute"
+    max_queued_per_key: int = 20
+    trust_proxy: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -83,7 +83,7 @@ def normalise_media_url(url: str) -> str:
     return url
 
 
-def _is_forbidden(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def is_forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     # An IPv4 address tunnelled in IPv6 (::ffff:127.0.0.1) is judged as IPv4.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
@@ -126,7 +126,7 @@ def check_url_allowed(url: str, allow_private: bool) -> None:
     for _family, _type, _proto, _canon, sockaddr in answers:
         # Drop an IPv6 zone id ("fe80::1%eth0") before parsing.
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if _is_forbidden(address):
+        if is_forbidden_address(address):
             raise UrlRefused(
                 f"refusing to fetch from {host}: it resolves to a non-public address ({address})"
             )

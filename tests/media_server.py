@@ -83,6 +83,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, send_body: bool) -> None:
         path = self.path.split("?", 1)[0]
         self.server.requests.append((self.command, path, self.headers.get("Range")))
+        location = self.server.redirects.get(path)
+        if location is not None:
+            self.send_response(HTTPStatus.FOUND)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         entry = self.server.payloads.get(path)
         if entry is None:
             self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain", send_body)
@@ -138,6 +145,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     payloads: dict[str, tuple[bytes, str]]
+    redirects: dict[str, str]
     requests: list[tuple[str, str, str | None]]
 
     def handle_error(self, request, client_address):
@@ -157,9 +165,10 @@ class MediaServer:
     ...     url = media.url("/song.wav")
     """
 
-    def __init__(self) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._server = _Server((host, 0), _Handler)
         self._server.payloads = {"/page.html": (HTML_PAGE, "text/html; charset=utf-8")}
+        self._server.redirects = {}
         self._server.requests = []
         self._thread: threading.Thread | None = None
 
@@ -173,6 +182,17 @@ class MediaServer:
             path = "/" + path
         self._server.payloads[path] = (bytes(body), content_type)
         return self.url(path)
+
+    def add_redirect(self, path: str, location: str) -> str:
+        """Answer ``path`` with 302 Found to ``location``; returns the URL of ``path``."""
+        if not path.startswith("/"):
+            path = "/" + path
+        self._server.redirects[path] = location
+        return self.url(path)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
 
     def url(self, path: str) -> str:
         host, port = self._server.server_address[:2]

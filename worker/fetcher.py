@@ -18,28 +18,39 @@ apart from other failures.
 Address checks (SSRF): the host of the URL given, and the host of every
 media URL the extractor chose to download (which may differ, e.g. YouTube's
 CDN), are checked with ``check_url_allowed`` before any media byte is
-fetched. Not covered: HTTP redirects followed inside yt-dlp's and ffmpeg's
-own requests, and a host whose DNS answer changes between our check and
-their connection. Those need a resolving proxy or a network policy around
-the worker; until then, run workers where private addresses hold nothing a
-user must not reach.
+fetched, for a clear early error. The enforcement is ``worker.egress_proxy``:
+unless ``allow_private`` is set, each fetch starts an ``EgressProxy`` on
+loopback and every HTTP(S) connection goes through it: yt-dlp's own requests
+(its ``proxy`` option; with it yt-dlp ignores the environment's proxy
+settings), the ffmpeg that yt-dlp runs for section downloads (yt-dlp puts
+the proxy into ffmpeg's ``http_proxy``; ffmpeg tunnels https with CONNECT)
+and the ffprobe duration probe (``-http_proxy``). The proxy resolves each
+host itself, refuses non-public addresses and connects to the address it
+checked, so redirect hops and DNS rebinding are covered too. ffmpeg honours
+a ``no_proxy`` environment variable even with a proxy set, so a guarded
+fetch refuses to run while one is set. Not covered: protocols other than
+http(s) inside ffmpeg (the ffprobe call whitelists http/https; yt-dlp's
+ffmpeg call does not, but the formats are checked to be http(s) first).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from backend.audiofile import decode_audio_file
 from backend.errors import AudioDecodeError, FetchError, UrlRefused
 from backend.urlguard import check_url_allowed, normalise_media_url
+from worker.egress_proxy import EgressPolicy, EgressProxy, EgressRefused
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +88,38 @@ class _YtDlpLogger:
 
 def fetch_section(url: str, start: float, seconds: float, *, workdir: Path,
                   socket_timeout: float, allow_private: bool,
-                  min_seconds: float = MIN_SECONDS) -> FetchedAudio:
+                  min_seconds: float = MIN_SECONDS,
+                  egress_policy: EgressPolicy | None = None) -> FetchedAudio:
     """Fetch ``seconds`` of audio starting at ``start``; raise ``FetchError`` on failure.
 
     The result is shorter than ``seconds`` when the media ends first; shorter
     than ``min_seconds`` (nothing usable as a prompt) is a ``FetchError``.
+    Unless ``allow_private``, all traffic goes through an ``EgressProxy``
+    with ``egress_policy`` (default: the system resolver and urlguard's
+    address rules; tests inject their own).
     """
     if start < 0 or seconds <= 0:
         raise FetchError("the section to fetch must start at 0 s or later and last more than 0 s")
     try:
         url = normalise_media_url(url)
-        check_url_allowed(url, allow_private)
     except UrlRefused as exc:
         raise FetchError(exc.message) from None
+    _check_url(url, allow_private, egress_policy)
+    if allow_private:
+        return _fetch(url, start, seconds, workdir, socket_timeout, allow_private,
+                      min_seconds, egress_policy, proxy=None)
+    if os.environ.get("no_proxy", "").strip():
+        # ffmpeg would connect directly to hosts matching no_proxy.
+        raise FetchError("the server is misconfigured: no_proxy is set, so downloads "
+                         "could bypass the address checks")
+    with EgressProxy(egress_policy, timeout=socket_timeout) as proxy:
+        return _fetch(url, start, seconds, workdir, socket_timeout, allow_private,
+                      min_seconds, egress_policy, proxy=proxy)
+
+
+def _fetch(url: str, start: float, seconds: float, workdir: Path, socket_timeout: float,
+           allow_private: bool, min_seconds: float, egress_policy: EgressPolicy | None,
+           proxy: EgressProxy | None) -> FetchedAudio:
 
     import yt_dlp  # heavy import, and only the worker needs it
 
@@ -97,26 +127,31 @@ def fetch_section(url: str, start: float, seconds: float, *, workdir: Path,
     scratch = Path(tempfile.mkdtemp(prefix="fetch-", dir=workdir))
     try:
         options = _options(scratch, start, seconds, socket_timeout)
+        if proxy is not None:
+            options["proxy"] = proxy.url
         with yt_dlp.YoutubeDL(options) as ydl:
             try:
                 info = ydl.extract_info(url, download=False)
             except yt_dlp.utils.YoutubeDLError as exc:
-                raise FetchError(describe_ytdlp_error(exc)) from None
+                raise FetchError(_describe(exc, proxy)) from None
             if info.get("_type") in ("playlist", "multi_video"):
                 raise FetchError("this URL points to a playlist, not to a single track")
             if info.get("is_live"):
                 raise FetchError("live streams cannot be continued; wait until the recording is available")
             media_urls = _media_urls(info)
             for media_url in media_urls:
-                _check_media_url(media_url, allow_private)
+                _check_media_url(media_url, allow_private, egress_policy)
 
-            duration = _known_duration(info, media_urls, socket_timeout)
+            duration = _known_duration(info, media_urls, socket_timeout,
+                                       proxy.url if proxy is not None else None)
+            if proxy is not None and proxy.refusals:
+                raise FetchError(proxy.refusals[0])
             if duration is not None and start >= duration:
                 raise FetchError(_past_end(start, duration))
             try:
                 ydl.process_ie_result(info, download=True)
             except yt_dlp.utils.YoutubeDLError as exc:
-                raise FetchError(describe_ytdlp_error(exc)) from None
+                raise FetchError(_describe(exc, proxy)) from None
 
         audio, sample_rate = _read_result(scratch, start, duration)
         fetched = FetchedAudio(audio, sample_rate, str(info.get("title") or ""), duration)
@@ -161,39 +196,73 @@ def _media_urls(info: dict) -> list[str]:
     return [f["url"] for f in formats if isinstance(f.get("url"), str)]
 
 
-def _check_media_url(media_url: str, allow_private: bool) -> None:
+def _check_url(url: str, allow_private: bool, policy: EgressPolicy | None) -> None:
+    """The early check; with an injected policy (tests) it replaces urlguard's."""
+    try:
+        if policy is None or allow_private:
+            check_url_allowed(url, allow_private)
+        else:
+            policy.check(urlsplit(url).hostname or "")
+    except UrlRefused as exc:
+        raise FetchError(exc.message) from None
+    except EgressRefused as exc:
+        raise FetchError(exc.message) from None
+
+
+def _check_media_url(media_url: str, allow_private: bool, policy: EgressPolicy | None = None) -> None:
     if not media_url.lower().startswith(("http://", "https://")):
         # rtmp, file and friends: nothing a public service should follow.
         raise FetchError("the media behind this URL uses a protocol we do not fetch")
     try:
-        check_url_allowed(media_url, allow_private)
-    except UrlRefused as exc:
+        _check_url(media_url, allow_private, policy)
+    except FetchError as exc:
         raise FetchError(f"the media behind this URL is hosted somewhere we will not fetch from ({exc.message})") from None
 
 
-def _known_duration(info: dict, media_urls: list[str], socket_timeout: float) -> float | None:
+def _describe(exc: Exception, proxy: EgressProxy | None) -> str:
+    # A refusal by the proxy reaches yt-dlp as an HTTP 403 (or a failed
+    # CONNECT, or "ffmpeg exited with code ..."); the proxy knows why.
+    if proxy is not None and proxy.refusals:
+        return proxy.refusals[0]
+    return describe_ytdlp_error(exc)
+
+
+def _known_duration(info: dict, media_urls: list[str], socket_timeout: float,
+                    proxy_url: str | None = None) -> float | None:
     duration = info.get("duration")
     if isinstance(duration, (int, float)) and duration > 0:
         return float(duration)
     # The generic extractor (a plain media file) does not report a duration;
     # the file header does.
     if len(media_urls) == 1 and info.get("extractor_key") == "Generic":
-        return probe_remote_duration(media_urls[0], socket_timeout)
+        return probe_remote_duration(media_urls[0], socket_timeout, proxy_url)
     return None
 
 
-def probe_remote_duration(media_url: str, socket_timeout: float) -> float | None:
-    """Duration from the media header via ffprobe, or None when it cannot tell."""
+def probe_remote_duration(media_url: str, socket_timeout: float,
+                          proxy_url: str | None = None) -> float | None:
+    """Duration from the media header via ffprobe, or None when it cannot tell.
+
+    With ``proxy_url`` every connection (https through CONNECT) goes through
+    that proxy.
+    """
     command = [
         FFPROBE, "-v", "error",
         "-rw_timeout", str(int(socket_timeout * 1_000_000)),
         # Only plain http(s): a playlist format must not lead ffprobe elsewhere.
         "-protocol_whitelist", "http,https,tcp,tls",
         "-show_entries", "format=duration", "-of", "default=noprint_wrappers=1:nokey=1",
-        media_url,
     ]
+    env = None
+    if proxy_url is not None:
+        # https through a proxy is ffmpeg's "httpproxy" protocol (CONNECT).
+        command[command.index("http,https,tcp,tls")] = "http,https,tcp,tls,httpproxy"
+        command += ["-http_proxy", proxy_url]
+        # ffmpeg connects directly to hosts named in no_proxy, proxy or not.
+        env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    command.append(media_url)
     try:
-        result = subprocess.run(command, capture_output=True, text=True,
+        result = subprocess.run(command, capture_output=True, text=True, env=env,
                                 timeout=PROBE_TIMEOUT_S, check=False)
         value = float(result.stdout.strip())
     except (OSError, subprocess.TimeoutExpired, ValueError):

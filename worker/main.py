@@ -12,6 +12,7 @@ Start with ``python -m worker``.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import signal
 import sys
@@ -83,6 +84,11 @@ def torch_info(device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
+    # yt-dlp hands this process's environment to ffmpeg, and ffmpeg bypasses
+    # the egress proxy for hosts named in no_proxy: media fetches must not.
+    for name in ("no_proxy", "NO_PROXY"):
+        if os.environ.pop(name, None) is not None:
+            print(f"worker: ignoring {name}: media downloads always go through the address guard", flush=True)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rt = runtime.init(settings)
     log.info("worker %s loading default model %s", rt.worker_id, settings.default_model)
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from .tempo import warm_up
 
     warm_up()
-    info = dict(torch_info(engine.device), pid=__import__("os").getpid())
+    info = dict(torch_info(engine.device), pid=os.getpid())
     beat = Heartbeat(rt, info)
     beat.beat()
     beat.start()
