@@ -106,7 +106,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_RATE_LIMIT", "rate_limit", "30/minute",
             "Submissions (POST /generate, /continue) per API key, or per client IP when keys are off "
             "(flask-limiter syntax, e.g. `30/minute` or `5/second;30/minute`); `off` = unlimited.", _rate_limit),
-    Setting("SEGUE_READ_RATE_LIMIT", "read_rate_limit", "600/minute",
+    Setting("SEGUE_READ_RATE_LIMIT", "read_rate_limit", "1200/minute",
             "Every other request (polling reads, cancel) per API key or client IP; `off` = unlimited.", _rate_limit),
     Setting("SEGUE_MAX_QUEUED_PER_KEY", "max_queued_per_key", 20,
             "Most tasks one API key (or client IP) may have queued or processing; 0 = no cap.", int),
@@ -148,7 +148,7 @@ class Settings:
     log_level: str = "INFO"
     api_keys: tuple[str, ...] = ()
     rate_limit: str = "30/minute"
-    read_rate_limit: str = "600/minute"
+    read_rate_limit: str = "1200/minute"
     max_queued_per_key: int = 20
     trust_proxy: bool = False
 

@@ -37,7 +37,7 @@ def assert_429(response, code):
 
 def test_defaults():
     settings = Settings.from_env({})
-    assert settings.rate_limit == "30/minute" and settings.read_rate_limit == "600/minute"
+    assert settings.rate_limit == "30/minute" and settings.read_rate_limit == "1200/minute"
     assert settings.max_queued_per_key == 20 and settings.trust_proxy is False
     off = Settings.from_env({"SEGUE_RATE_LIMIT": "off", "SEGUE_READ_RATE_LIMIT": "0"})
     assert off.rate_limit == "off" and off.read_rate_limit == "off"
