@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .embedded import EmbeddedServer, free_port, port_open, start_mongo, start_redis
+from .embedded import EmbeddedServer, free_port, port_open, start_mongo, start_redis, stop_process
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,25 +54,7 @@ class Child:
         threading.Thread(target=pump, args=(self.name, self.process.stdout), daemon=True).start()
 
     def stop(self, timeout: float) -> None:
-        stop_group(self.process, timeout)
-
-
-def stop_group(process: subprocess.Popen | None, timeout: float) -> None:
-    """SIGTERM the child's whole process group, SIGKILL whatever is left after ``timeout``."""
-    if process is None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # stragglers in the group, if any
-    except ProcessLookupError:
-        pass
-    process.wait()
+        stop_process(self.process, timeout)
 
 
 def pick_port(preferred: int) -> int:
@@ -153,7 +135,7 @@ class Stack:
         for child in reversed(self.children):
             child.stop(timeout=20 if child.name.startswith("worker") else 10)
         for server in reversed(self.servers):
-            stop_group(server.process, timeout=10)
+            server.stop(timeout=10)
         log("stack", "stopped")
 
 

@@ -48,15 +48,27 @@ class EmbeddedServer:
             self.process.wait(5)
 
 
-def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
+def _signal(process: subprocess.Popen, sig: signal.Signals) -> None:
+    """Signal the process group the child leads (every child here starts its own
+    session), so nothing it spawned survives; a child that leads no group gets
+    the signal alone."""
     try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        if process.poll() is None:
+            process.send_signal(sig)
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM a child and its group, SIGKILL whatever is left after ``timeout``."""
+    if process is None:
+        return
+    _signal(process, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _signal(process, signal.SIGKILL)  # the child if still running, and stragglers in its group
+    process.wait()
 
 
 def _wait_until(ready: Callable[[], bool], process: subprocess.Popen, name: str, timeout: float) -> None:

@@ -58,11 +58,17 @@ def reap_orphans(services: Services, *, grace_seconds: float | None = None) -> d
     return counts
 
 
-def _lost_from_queue(services: Services, task: dict) -> bool:
-    job_id = task.get("job_id") or task["_id"]
-    if services.queue.position(job_id) is not None:
-        return False
-    return services.queue.job_status(job_id) in (None, "queued", "canceled", "stopped")
+def _lost_tasks(services: Services, cutoff) -> list[dict]:
+    """``queued`` tasks older than ``cutoff`` whose RQ job is on no queue and not running."""
+    # One snapshot of the queue instead of a position look-up per task: with
+    # hundreds queued, per-task LPOS would scan the list hundreds of times.
+    waiting = set(services.queue.queue.get_job_ids())
+    lost = []
+    for task in services.store.tasks.find({"status": "queued", "created_at": {"$lt": cutoff}}, {"job_id": 1}):
+        job_id = task.get("job_id") or task["_id"]
+        if job_id not in waiting and services.queue.job_status(job_id) in (None, "queued", "canceled", "stopped"):
+            lost.append(task)
+    return lost
 
 
 def requeue_lost(services: Services, *, grace_seconds: float | None = None, recheck_after: float = 2.0) -> int:
@@ -75,17 +81,11 @@ def requeue_lost(services: Services, *, grace_seconds: float | None = None, rech
     """
     grace = timedelta(seconds=grace_seconds if grace_seconds is not None else services.settings.heartbeat_seconds * 3)
     cutoff = utcnow() - grace
-    candidates = [t for t in services.store.tasks.find({"status": "queued", "created_at": {"$lt": cutoff}},
-                                                       {"job_id": 1, "attempts": 1})
-                  if _lost_from_queue(services, t)]
-    if not candidates:
+    if not _lost_tasks(services, cutoff):
         return 0
     time.sleep(recheck_after)
     requeued = 0
-    for task in candidates:
-        fresh = services.store.get_task(task["_id"])
-        if fresh is None or fresh["status"] != "queued" or not _lost_from_queue(services, fresh):
-            continue
+    for task in _lost_tasks(services, cutoff):
         job_id = services.queue.enqueue(task["_id"], job_id=f"{task['_id']}-q{int(time.time())}")
         services.store.update(task["_id"], {"job_id": job_id})
         requeued += 1

@@ -304,10 +304,15 @@ def test_redis_outage_is_a_quick_503_and_the_api_recovers_by_itself(deps, apis, 
         health = assert_json(api.call("GET", "/health"), 200)
         assert health["redis"] == "live" and health["mongodb"] == "live"
     client.close()
+    report_timings(capsys, "redis", timings, recovery)
+
+
+def report_timings(capsys, part: str, timings: dict, recovery: dict) -> None:
+    """Print how long the 503s took and how soon the API recovered (visible with -q too)."""
     with capsys.disabled():
-        print(f"\n[redis down] 503 times (s): "
+        print(f"\n[{part} down] 503 times (s): "
               + "; ".join(f"{k}: {', '.join(f'{t:.3f}' for t in v)}" for k, v in timings.items())
-              + f"\n[redis back] accepting again after (s): "
+              + f"\n[{part} back] accepting again after (s): "
               + ", ".join(f"{k} {v:.2f}" for k, v in recovery.items()))
 
 
@@ -375,11 +380,7 @@ def test_mongodb_outage_is_a_quick_503_and_data_survives_a_restart(deps, apis, m
     continued = db.tasks.find_one({"_id": before["flask"][1]})
     assert db["audio.files"].count_documents({"_id": continued["input_file_id"]}) == 1
     client.close()
-    with capsys.disabled():
-        print(f"\n[mongodb down] 503 times (s): "
-              + "; ".join(f"{k}: {', '.join(f'{t:.3f}' for t in v)}" for k, v in timings.items())
-              + f"\n[mongodb back] accepting again after (s): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in recovery.items()))
+    report_timings(capsys, "mongodb", timings, recovery)
 
 
 # -- both down when the API starts ------------------------------------------------------

@@ -95,8 +95,10 @@ class BatchingWorker(SimpleWorker):
             candidates = [j for j in Job.fetch_many([i for i in queue.get_job_ids(0, SCAN_DEPTH) if i not in seen],
                                                     connection=self.connection)
                           if j is not None and j.func_name == JOB_FUNCTION]
+            # Only new arrivals are looked up, and MongoDB only when there are some.
             wanted = {d["_id"] for d in store.tasks.find(
-                {"_id": {"$in": [j.args[0] for j in candidates]}, "status": "queued", "model": model}, {"_id": 1})}
+                {"_id": {"$in": [j.args[0] for j in candidates]}, "status": "queued", "model": model},
+                {"_id": 1})} if candidates else set()
             for candidate in candidates:
                 seen.add(candidate.id)
                 if candidate.args[0] not in wanted or len(taken) >= self.max_batch - 1:
