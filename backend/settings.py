@@ -112,6 +112,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Most tasks one API key (or client IP) may have queued or processing; 0 = no cap.", int),
     Setting("SEGUE_TRUST_PROXY", "trust_proxy", False,
             "Take the client IP from the last X-Forwarded-For entry (only behind a reverse proxy you run).", _bool),
+    Setting("SEGUE_WEBHOOK_SECRET", "webhook_secret", "",
+            "Shared secret for webhook signatures (`X-Segue-Signature: sha256=<HMAC of the body>`); empty = unsigned."),
+    Setting("SEGUE_WEBHOOK_TIMEOUT", "webhook_timeout", 10.0, "Seconds one webhook delivery attempt may take.", float),
+    Setting("SEGUE_WEBHOOK_RETRY_SECONDS", "webhook_retry_seconds", 600.0,
+            "How long failed webhook deliveries (timeouts, 5xx) are retried with backoff, seconds.", float),
+    Setting("SEGUE_PUBLIC_URL", "public_url", "",
+            "Base URL clients reach the API at (e.g. `https://segue.example.com`), used for audio URLs in webhooks; "
+            "empty = `http://<host>:<port>`."),
 )
 
 
@@ -151,6 +159,10 @@ class Settings:
     read_rate_limit: str = "1200/minute"
     max_queued_per_key: int = 20
     trust_proxy: bool = False
+    webhook_secret: str = ""
+    webhook_timeout: float = 10.0
+    webhook_retry_seconds: float = 600.0
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
