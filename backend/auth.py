@@ -20,8 +20,8 @@ from flask import Flask, Response, g, has_request_context, jsonify, request
 
 from .settings import Settings
 
-#: Paths that never need a key: liveness/health probes and static documentation.
-EXEMPT_PATHS = frozenset({"/health", "/ping", "/openapi.json", "/docs"})
+#: Paths that never need a key: probes, metrics for scrapers, the list of models, documentation and pages.
+EXEMPT_PATHS = frozenset({"/health", "/ping", "/openapi.json", "/docs", "/models", "/metrics", "/", "/status"})
 EXEMPT_PREFIXES = ("/static/", "/docs/")
 
 #: Length of the digest prefix that names a key in Redis counters and on task documents.

@@ -18,7 +18,7 @@ import sys
 import time
 from datetime import timedelta
 
-from . import heartbeat
+from . import heartbeat, webhooks
 from .clock import utcnow
 from .services import Services
 from .settings import Settings
@@ -42,6 +42,12 @@ def reap_orphans(services: Services, *, grace_seconds: float | None = None) -> d
             continue
         task_id = task["_id"]
         attempts = int(task.get("attempts") or 1)
+        if task.get("cancel_requested"):
+            # Its client asked to stop it anyway: end it as asked rather than run it again.
+            if services.store.finish(task_id, "canceled", {"error": "canceled by request"}, only_from=("processing",)):
+                webhooks.schedule(services.redis, task_id)
+                log.info("task %s: worker gone after a cancel request; canceled", task_id)
+            continue
         if attempts < MAX_ATTEMPTS:
             reason = f"worker {worker_id} stopped while running this task; retrying"
             if services.store.requeue(task_id, reason):
@@ -53,6 +59,7 @@ def reap_orphans(services: Services, *, grace_seconds: float | None = None) -> d
             reason = (f"the worker running this task stopped unexpectedly ({attempts} attempts); "
                       "it was not retried again")
             if services.store.finish(task_id, "failed", {"error": reason}, only_from=("processing",)):
+                webhooks.schedule(services.redis, task_id)
                 counts["failed"] += 1
                 log.warning("failed task %s: %s", task_id, reason)
     return counts

@@ -94,6 +94,8 @@ def field_schema(f: schemas.Field, choices: list[str] | tuple[str, ...] | None =
     if kind in ("number", "integer"):
         number: dict[str, Any] = {"type": kind, **_bounds(f)}
         out: dict[str, Any] = {"anyOf": [number, _numeric_string(f)]}
+    elif kind == "boolean":
+        out = {"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false", "1", "0"]}]}
     elif kind == "string":
         out = {"type": "string"}
         if f.max_length is not None:
@@ -224,6 +226,12 @@ def _components(settings: Settings) -> dict[str, Any]:
                     "output_format": _nullable_type("string"),
                     "processing_time_ms": _nullable_type("number"),
                     "batch_size": _nullable_type("integer"),
+                    "eta_seconds": _nullable_type("number", description="Estimated seconds until the task "
+                                                  "ends, from recent batch times; null when unknown or ended."),
+                    "cancel_requested": {"type": "boolean"},
+                    "attempts": _nullable_type("integer"),
+                    "webhook_delivery": _nullable_type("object", description="Outcome of the webhook call."),
+                    "audio_url": {"type": "string", "description": "Where to download the result (events)."},
                     "audio": {"type": "string", "contentEncoding": "base64",
                               "description": "The result (WAV or MP3), only when status is completed."},
                 },
@@ -273,6 +281,7 @@ def _components(settings: Settings) -> dict[str, Any]:
                 ("TooManyRequests", "Rate limited (or too many queued tasks); try again later."),
                 ("Unauthorized", "API keys are on and the request carries no valid key."),
                 ("Forbidden", "The key is not allowed to do this."),
+                ("Conflict", "The task is not in a state that allows this (e.g. not completed yet, or ended)."),
                 ("Unavailable", "Redis or MongoDB is down; try again shortly."),
             )
         },
@@ -333,6 +342,8 @@ def _task_get(operation_id: str, summary: str, ref: str, description: str) -> di
 
 def build_openapi(settings: Settings) -> dict[str, Any]:
     """The OpenAPI document of every route of the API process, for these settings."""
+    from . import openapi_routes  # it builds on this module's helpers
+
     paths = {
         "/generate": _submit("Continue the media at a URL", schemas.GENERATE, "GenerateRequest", "generate"),
         "/continue": _submit("Extend a clip the client holds", schemas.CONTINUE, "ContinueRequest", "continue"),
@@ -375,8 +386,13 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                                   "content": {"text/html": {"schema": {"type": "string"}}}}},
         }},
     }
+    paths.update(openapi_routes.paths())
+    components = _components(settings)
+    components["schemas"].update(openapi_routes.schemas())
     if getattr(settings, "api_keys", ()):  # API keys on: the task routes need one (probes and docs do not)
-        for path in ("/generate", "/continue", "/tasks/{task_id}", "/fetch-result/{task_id}", "/progress/{task_id}"):
+        for path in ("/generate", "/continue", "/tasks/{task_id}", "/fetch-result/{task_id}", "/progress/{task_id}",
+                     "/tasks/{task_id}/events", "/tasks/{task_id}/stream", "/tasks/{task_id}/audio",
+                     "/tasks/{task_id}/cancel"):
             for method, op in paths[path].items():
                 if method != "parameters":
                     op["security"] = [{"bearer": []}, {"apiKey": []}]
@@ -386,9 +402,11 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         "info": {"title": "Segue", "version": _package_version(), "description": DESCRIPTION,
                  "license": {"name": "See the repository"}},
         "tags": [{"name": "tasks", "description": "Submit and poll continuation tasks."},
-                 {"name": "service", "description": "Health and documentation."}],
+                 {"name": "live", "description": "Follow a task while it runs: progress and audio."},
+                 {"name": "service", "description": "Health, models, metrics and documentation."},
+                 {"name": "pages", "description": "HTML pages for people."}],
         "paths": paths,
-        "components": _components(settings),
+        "components": components,
     }
 
 

@@ -17,7 +17,9 @@ from typing import Any, Callable, Sequence
 
 from .errors import BadRequest
 
-MAX_WINDOW_SECONDS = 30.0
+MAX_WINDOW_SECONDS = 30.0  # MusicGen's context: the longest prompt
+# Longer results are generated in overlapping 30 s windows (worker.windows).
+MAX_TOTAL_SECONDS = 120.0
 MAX_PROMPT_TEXT = 500
 MAX_SEED = 2**63 - 1
 
@@ -47,7 +49,7 @@ def _number(name: str, raw: Any) -> float:
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str  # number | integer | string | choice | duration_range | http_url | base64_audio
+    kind: str  # number | integer | boolean | string | choice | duration_range | http_url | base64_audio
     help: str
     required: bool = False
     default: Any = None
@@ -78,6 +80,14 @@ class Field:
         if value != int(value):
             raise FieldError(f"'{self.name}' must be a whole number, got {raw!r}")
         return int(self._check_bounds(value))
+
+    def _parse_boolean(self, raw: Any) -> bool:
+        # Clients that send numbers as strings send booleans as strings too.
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("true", "1", "false", "0"):
+            return raw.strip().lower() in ("true", "1")
+        raise FieldError(f"'{self.name}' must be true or false, got {raw!r}")
 
     def _parse_string(self, raw: Any) -> str:
         if not isinstance(raw, str):
@@ -176,6 +186,8 @@ _COMMON = (
     Field("cfg_coef", "number", "Classifier-free guidance strength.", default=3.0, minimum=0.0, maximum=30.0),
     Field("output_format", "choice", "Format of the stored result.", default="wav", choices=("wav", "mp3")),
     Field("webhook", "http_url", "URL POSTed the task document when the task ends.", max_length=2048),
+    Field("melody", "boolean", "Melody models only: also condition on the chroma (melody) of the prompt.",
+          default=False),
 )
 
 GENERATE = Schema("GenerateRequest", (
@@ -186,8 +198,9 @@ GENERATE = Schema("GenerateRequest", (
     Field("promptLength", "number", "Prompt length, seconds.", default=6.0, minimum=1.0, maximum=MAX_WINDOW_SECONDS,
           example="6"),
     Field("duration", "duration_range", "Total output length range \"MIN-MAX\" in seconds, prompt included; "
-          "the result is a whole number of 4/4 bars at the detected tempo.", default=(16.0, 18.0),
-          minimum=1.0, maximum=MAX_WINDOW_SECONDS, example="16-18"),
+          "the result is a whole number of 4/4 bars at the detected tempo. Beyond 30 s the result is generated "
+          "in overlapping 30 s windows.", default=(16.0, 18.0),
+          minimum=1.0, maximum=MAX_TOTAL_SECONDS, example="16-18"),
 ) + _COMMON, "Continue the audio at `url` from the playback position `currentTime`.")
 
 CONTINUE = Schema("ContinueRequest", (
@@ -197,7 +210,8 @@ CONTINUE = Schema("ContinueRequest", (
     Field("prompt_duration", "number", "The last this-many seconds of `audio` are the prompt.", default=6.0,
           minimum=1.0, maximum=MAX_WINDOW_SECONDS, example="6"),
     Field("duration", "number", "Seconds generated, prompt included; the clip grows by duration - "
-          "prompt_duration.", default=MAX_WINDOW_SECONDS, minimum=1.0, maximum=MAX_WINDOW_SECONDS, example=30),
+          "prompt_duration. Beyond 30 s it is generated in overlapping 30 s windows.",
+          default=MAX_WINDOW_SECONDS, minimum=1.0, maximum=MAX_TOTAL_SECONDS, example=30),
 ) + _COMMON, "Extend a clip the client holds by about 30 - prompt_duration seconds.")
 
 

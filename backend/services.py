@@ -14,11 +14,11 @@ from typing import Any
 import redis
 from pymongo import MongoClient
 
-from . import heartbeat
+from . import cancellation, catalogue, eta, heartbeat, webhooks
 from .audiofile import probe_audio_bytes
 from .auth import current_owner
 from .clock import iso, utcnow
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, NotFound, SegueError
 from .ids import looks_like_task_id, new_task_id
 from .jobqueue import JobQueue
 from .progress import ProgressStore
@@ -53,9 +53,21 @@ class Services:
 
 # -- submission ---------------------------------------------------------------
 
-def _sampling(values: dict[str, Any]) -> dict[str, Any]:
-    keys = ("prompt", "seed", "top_k", "top_p", "temperature", "cfg_coef", "output_format", "webhook")
-    return {k: values[k] for k in keys}
+class Conflict(SegueError):
+    status = 409
+    code = "conflict"
+
+
+def _sampling(services: Services, model: str, values: dict[str, Any]) -> dict[str, Any]:
+    keys = ("prompt", "seed", "top_k", "top_p", "temperature", "cfg_coef", "output_format", "webhook", "melody")
+    out = {k: values[k] for k in keys}
+    if out["melody"] and catalogue.describe(model).kind != "musicgen_melody":
+        raise BadRequest(f"'melody' conditioning needs a melody model; {model} is not one", code="melody_unsupported")
+    if out["prompt"] is None:
+        # A model's default description conditions requests that bring none (as gary4web did for fine-tunes).
+        out["prompt"] = catalogue.default_description(model, services.settings.descriptions)
+        out["prompt_source"] = "model_default" if out["prompt"] else None
+    return out
 
 
 def _enqueue_new(services: Services, doc: dict) -> dict:
@@ -86,7 +98,8 @@ def submit_generate(services: Services, values: dict[str, Any]) -> dict:
     model = values["model"] or services.settings.default_model
     low, high = values["duration"]
     request = {"url": values["url"], "currentTime": values["currentTime"], "promptLength": values["promptLength"],
-               "duration": f"{low:g}-{high:g}", "duration_min": low, "duration_max": high, **_sampling(values)}
+               "duration": f"{low:g}-{high:g}", "duration_min": low, "duration_max": high,
+               **_sampling(services, model, values)}
     return _enqueue_new(services, _new_task("generate", model, request))
 
 
@@ -102,7 +115,8 @@ def submit_continue(services: Services, values: dict[str, Any]) -> dict:
     model = values["model"] or services.settings.default_model
     request = {"prompt_duration": values["prompt_duration"], "duration": values["duration"],
                "input_seconds": round(info.duration_seconds, 3),
-               "input_sample_rate": info.sample_rate, "input_channels": info.channels, **_sampling(values)}
+               "input_sample_rate": info.sample_rate, "input_channels": info.channels,
+               **_sampling(services, model, values)}
     doc = _new_task("continue", model, request, parent=values["task_id"])
     services.redis.ping()
     doc["input_file_id"] = services.store.put_audio(doc["_id"], "input", audio, "application/octet-stream")
@@ -131,19 +145,35 @@ def current_progress(services: Services, doc: dict) -> float:
     return max(float(doc.get("progress") or 0.0), live or 0.0)
 
 
+def _eta(services: Services, doc: dict, position: int | None, progress: float) -> float | None:
+    status = doc["status"]
+    if status not in ("queued", "processing"):
+        return None
+    batch_seconds = eta.mean_batch_seconds(services.redis)
+    if status == "queued":
+        workers = max(1, len(heartbeat.read_all(services.redis)))
+        return eta.queued_eta(batch_seconds, position or 1, workers, services.settings.max_batch)
+    started = doc.get("started_at")
+    elapsed = (utcnow() - started).total_seconds() if started else 0.0
+    return eta.running_eta(batch_seconds, elapsed, progress)
+
+
 def task_view(services: Services, doc: dict, *, include_audio: bool = True) -> dict:
     status = doc["status"]
     position = services.queue.position(doc.get("job_id", doc["_id"])) if status == "queued" else None
+    progress = current_progress(services, doc)
     view = {
         "task_id": doc["_id"],
         "status": status,
-        "progress": round(current_progress(services, doc), 2),
+        "progress": round(progress, 2),
         "model": doc.get("model"),
         "created_at": iso(doc.get("created_at")),
         "started_at": iso(doc.get("started_at")),
         "completed_at": iso(doc.get("completed_at")),
         "error": doc.get("error"),
         "queue_position": position or 0,
+        "eta_seconds": _eta(services, doc, position, progress),
+        "cancel_requested": bool(doc.get("cancel_requested")),
         "parent_task_id": doc.get("parent_task_id"),
         "request": doc.get("request", {}),
         "duration_seconds": doc.get("duration_seconds"),
@@ -154,6 +184,8 @@ def task_view(services: Services, doc: dict, *, include_audio: bool = True) -> d
         "output_format": doc.get("request", {}).get("output_format"),
         "processing_time_ms": doc.get("processing_time_ms"),
         "batch_size": doc.get("batch_size"),
+        "attempts": doc.get("attempts"),
+        "webhook_delivery": doc.get("webhook_delivery"),
     }
     if include_audio and status == "completed" and doc.get("result_file_id") is not None:
         view["audio"] = base64.b64encode(services.store.read_audio(doc["result_file_id"])).decode("ascii")
@@ -162,6 +194,46 @@ def task_view(services: Services, doc: dict, *, include_audio: bool = True) -> d
 
 def result_bytes(services: Services, doc: dict) -> bytes:
     return services.store.read_audio(doc["result_file_id"])
+
+
+def result_file(services: Services, doc: dict) -> tuple[bytes, str, str]:
+    """The finished audio, its content type and a download name; 409 until the task completed."""
+    if doc["status"] != "completed" or doc.get("result_file_id") is None:
+        raise Conflict(f"task {doc['_id']} is {doc['status']}; its audio exists once it is completed",
+                       code="task_not_completed")
+    fmt = doc.get("request", {}).get("output_format") or "wav"
+    return result_bytes(services, doc), CONTENT_TYPES[fmt], f"segue-{doc['_id'][:8]}.{fmt}"
+
+
+# -- cancel -------------------------------------------------------------------------
+
+def cancel_task(services: Services, task_id: str) -> dict:
+    """Cancel a queued task at once, or ask the worker running it to stop; 409 once it has ended."""
+    doc = load_task(services, task_id)
+    if doc["status"] == "queued":
+        if services.store.finish(task_id, "canceled", {"error": "canceled by request"}, only_from=("queued",)):
+            services.queue.remove(doc.get("job_id") or task_id)
+            webhooks.schedule(services.redis, task_id)
+        doc = load_task(services, task_id)
+    if doc["status"] == "processing":
+        cancellation.request_cancel(services.redis, task_id)
+        services.store.update(task_id, {"cancel_requested": True})
+        doc = load_task(services, task_id)
+    if doc["status"] in ("completed", "failed"):
+        raise Conflict(f"task {task_id} already ended ({doc['status']}); there is nothing to cancel",
+                       code="task_finished")
+    return task_view(services, doc, include_audio=False)
+
+
+# -- models -------------------------------------------------------------------------
+
+def models_view(services: Services) -> dict:
+    try:
+        loaded = {m for b in heartbeat.read_all(services.redis) for m in b.get("models_loaded", [])}
+    except redis.RedisError:
+        loaded = set()  # the list of offered models does not need Redis
+    models = catalogue.catalogue(services.settings.models, services.settings.descriptions, loaded)
+    return {"models": [m.to_json() for m in models], "default": services.settings.default_model}
 
 
 # -- health -----------------------------------------------------------------------

@@ -41,6 +41,18 @@ def _digests(text: str) -> tuple[str, ...]:
     return digests
 
 
+def _descriptions(text: str) -> tuple[tuple[str, str], ...]:
+    """``model=description`` pairs separated by ``;`` (descriptions may contain commas)."""
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        if part.strip():
+            model, sep, description = part.partition("=")
+            if not sep or not model.strip():
+                raise ValueError(f"{part.strip()!r} is not model=description")
+            out[model.strip()] = description.strip()
+    return tuple(out.items())
+
+
 RATE_LIMIT_OFF = ("", "0", "off", "none", "no")
 
 
@@ -74,6 +86,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_MONGO_DB", "mongo_db", "segue", "MongoDB database name."),
     Setting("SEGUE_MODELS", "models", OFFICIAL_MODELS,
             "Comma list of offered models: Hugging Face ids or local `save_pretrained` folders. The first is the default.", _list),
+    Setting("SEGUE_MODEL_DESCRIPTIONS", "model_descriptions", (),
+            "Default text prompts per model, `model=description` pairs separated by `;` (e.g. "
+            "`thepatch/hoenn_lofi=lofi hip hop, mellow keys`); used when a request has no `prompt`. "
+            "Known community fine-tunes have built-in ones; `model=` (empty) removes one.", _descriptions),
     Setting("SEGUE_DEVICE", "device", "auto", "Worker device: auto (CUDA when available), cuda, cuda:N or cpu."),
     Setting("SEGUE_HALF_PRECISION", "half_precision", True, "Use fp16/bf16 on CUDA (ignored on CPU).", _bool),
     Setting("SEGUE_DATA_DIR", "data_dir", Path("./var"), "Where embedded servers keep their data, logs and caches.", Path),
@@ -113,7 +129,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_TRUST_PROXY", "trust_proxy", False,
             "Take the client IP from the last X-Forwarded-For entry (only behind a reverse proxy you run).", _bool),
     Setting("SEGUE_WEBHOOK_SECRET", "webhook_secret", "",
-            "Shared secret for webhook signatures (`X-Segue-Signature: sha256=<HMAC of the body>`); empty = unsigned."),
+            "Shared secret for webhook signatures (`X-Segue-Signature: sha256=<HMAC-SHA256 of "
+            "X-Segue-Timestamp + \".\" + body>`); empty = unsigned."),
     Setting("SEGUE_WEBHOOK_TIMEOUT", "webhook_timeout", 10.0, "Seconds one webhook delivery attempt may take.", float),
     Setting("SEGUE_WEBHOOK_RETRY_SECONDS", "webhook_retry_seconds", 600.0,
             "How long failed webhook deliveries (timeouts, 5xx) are retried with backoff, seconds.", float),
@@ -132,6 +149,7 @@ class Settings:
     mongo_url: str = ""
     mongo_db: str = "segue"
     models: tuple[str, ...] = OFFICIAL_MODELS
+    model_descriptions: tuple[tuple[str, str], ...] = ()
     device: str = "auto"
     half_precision: bool = True
     data_dir: Path = Path("./var")
@@ -189,6 +207,10 @@ class Settings:
         return self.models[0]
 
     @property
+    def descriptions(self) -> dict[str, str]:
+        return dict(self.model_descriptions)
+
+    @property
     def result_ttl_seconds(self) -> int:
         return int(self.result_ttl_days * 86400)
 
@@ -201,7 +223,9 @@ class Settings:
         env = {}
         for s in SETTINGS:
             value = getattr(self, s.attr)
-            if isinstance(value, tuple):
+            if s.attr == "model_descriptions":
+                value = ";".join(f"{k}={v}" for k, v in value)
+            elif isinstance(value, tuple):
                 value = ",".join(value)
             elif isinstance(value, bool):
                 value = "1" if value else "0"

@@ -94,7 +94,8 @@ class TaskStore:
         return result.modified_count == 1
 
     def processing_tasks(self) -> list[dict]:
-        return list(self.tasks.find({"status": "processing"}, {"worker": 1, "attempts": 1, "started_at": 1}))
+        return list(self.tasks.find({"status": "processing"}, {"worker": 1, "attempts": 1, "started_at": 1,
+                                                                "cancel_requested": 1}))
 
     def count_by_status(self) -> dict[str, int]:
         return {row["_id"]: row["count"] for row in

@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="concurrent tasks, raw batch size and baseline jobs")
     parser.add_argument("--prompt-seconds", type=float, default=2.0)
     parser.add_argument("--new-seconds", type=float, default=1.0)
+    parser.add_argument("--stream-seconds", type=float, default=10.0,
+                        help="new audio of the streaming measurement (time to first chunk); 0 skips it")
     parser.add_argument("--max-quiet-wait", type=float, default=180.0,
                         help="seconds to wait for other processes to calm down before each measurement")
     return parser.parse_args(argv)
@@ -95,12 +97,20 @@ def run_segue(args, work: Workload, data_dir: Path, timed) -> dict:
             sizes = stack.batch_sizes([doc["task_id"] for doc in docs])
         log(f"segue: {args.batch} concurrent tasks: {batched:.2f} s (all accepted after {stack.last_submit_s:.2f} s; "
             f"batch sizes seen by the tasks: {sizes})")
+        streaming = None
+        if args.stream_seconds > 0:
+            from . import first_audio
+
+            stream_work = Workload(work.prompt_seconds, args.stream_seconds)
+            streaming = timed("segue streaming", lambda: first_audio.measure(stack.api, stream_work), retries=0)
+            log(f"segue: {args.stream_seconds:g} s continuation: first audio after {streaming['first_audio_s']:.2f} s, "
+                f"done after {streaming['total_s']:.2f} s ({streaming['chunks']} chunks)")
         for doc in single_docs + docs:
             if abs(float(doc.get("duration_seconds") or 0) - work.total_seconds) > 0.05:
                 raise RuntimeError(f"task {doc['task_id']} returned {doc.get('duration_seconds')} s of audio, "
                                    f"expected {work.total_seconds:g} s")
         return {"start_s": start_s, "submit_spread_s": stack.last_submit_s, "single_s": single, "batched_s": batched,
-                "batch_sizes": sizes,
+                "batch_sizes": sizes, "streaming": streaming,
                 "processing_ms_single": [d.get("processing_time_ms") for d in single_docs],
                 "processing_ms_batched": [d.get("processing_time_ms") for d in docs]}
     except Exception:
@@ -187,8 +197,19 @@ def main(argv: list[str] | None = None) -> int:
         "targets_met": all(met.values()),
         "total_runtime_s": round(time.perf_counter() - began, 1),
     })
+    streaming = segue["streaming"]
+    if streaming:
+        result.update({"stream_new_seconds": args.stream_seconds,
+                       "time_to_first_audio_s": round(streaming["first_audio_s"], 3),
+                       "stream_total_s": round(streaming["total_s"], 3),
+                       "first_audio_fraction_of_total": round(streaming["first_audio_s"] / streaming["total_s"], 3)})
     print(report.table(rows, work.new_seconds))
     print()
+    if streaming:
+        print(f"streaming a {args.stream_seconds:g} s continuation: first audio after {streaming['first_audio_s']:.2f} s "
+              f"of {streaming['total_s']:.2f} s in all ({streaming['first_audio_s'] / streaming['total_s']:.0%}; "
+              f"{streaming['chunks']} chunks)")
+        print()
     print("  ".join(f"{k} {result[k]:.2f} (target >= {t:g}: {'met' if met[k] else 'MISSED'})"
                     for k, t in report.TARGETS.items()))
     if settler.disturbed:

@@ -38,7 +38,7 @@ def test_generate_normalises_youtube_links():
     ({"url": "https://e.com/a", "currentTime": "nan"}, "currentTime"),
     ({"url": "https://e.com/a", "duration": "18-16"}, "reversed"),
     ({"url": "https://e.com/a", "duration": "0-10"}, "duration"),
-    ({"url": "https://e.com/a", "duration": "10-31"}, "duration"),
+    ({"url": "https://e.com/a", "duration": "10-121"}, "duration"),  # past the 120 s limit
     ({"url": "https://e.com/a", "duration": "ten"}, "duration"),
     ({"url": "https://e.com/a", "duration": "4-5"}, "promptLength"),
     ({"url": "https://e.com/a", "promptLength": 0}, "promptLength"),

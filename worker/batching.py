@@ -43,6 +43,7 @@ class RowState:
         self.status = RUNNING
         self.error: BaseException | None = None
         self.reported = 0  # highest step passed to on_progress; a retry never goes back
+        self.streamer = None  # worker.streaming.RowStreamer when the request wants audio chunks
 
     def report(self, step: int) -> None:
         step = min(step, self.total_steps)
@@ -85,8 +86,10 @@ class StepMonitor(StoppingCriteria):
     """
 
     def __init__(self, rows: list[RowState], sampler: RowSampler,
-                 on_step: Callable[[int, int], "bool | None"] | None, steps_before: int, steps_overall: int):
+                 on_step: Callable[[int, int], "bool | None"] | None, steps_before: int, steps_overall: int,
+                 on_ids: Callable[[int, torch.Tensor], None] | None = None):
         self.rows = rows
+        self.on_ids = on_ids  # sees the token ids after each step (audio streaming)
         self.sampler = sampler
         self.on_step = on_step
         self.steps_before = steps_before
@@ -99,6 +102,8 @@ class StepMonitor(StoppingCriteria):
         kept = input_ids[: self.sampler.last_tokens.shape[0], -1]
         if not torch.equal(kept, self.sampler.last_tokens):
             raise RuntimeError("generate did not keep the tokens RowSampler drew (is another processor after it?)")
+        if self.on_ids is not None:
+            self.on_ids(self.step, input_ids)
         if self.on_step is not None and self.on_step(self.steps_before + self.step, self.steps_overall):
             for row in self.rows:
                 row.cancel(self.step)

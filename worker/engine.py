@@ -108,6 +108,7 @@ from worker.batching import (
 )
 from worker.device import pick_device
 from worker.sampling import RowSampler, SamplingSettings
+from worker.streaming import OnAudio, RowStreamer
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,10 @@ class GenerationRequest:
     cfg_coef: float = 3.0
     on_progress: Callable[[int, int], None] | None = None  # (this row's step, this row's total steps)
     should_stop: Callable[[], bool] | None = None  # polled every step; True cancels this row only
+    # Melody models only: condition on the chroma of the prompt audio.
+    melody_conditioning: bool = False
+    # Called with chunks of the continuation as they are generated (see worker.streaming).
+    on_audio: OnAudio | None = None
 
 
 @dataclass
@@ -306,6 +311,10 @@ class MusicGenEngine:
         steps_overall = sum(max(p.max_new_tokens for p in group) for group in groups.values())
         states = {p.index: RowState(p.index, p.max_new_tokens, p.request.on_progress, p.request.should_stop)
                   for p in plans}
+        for p in plans:
+            if p.request.on_audio is not None:
+                states[p.index].streamer = RowStreamer(p.request.on_audio, p.new_frames,
+                                                       p.total_samples - p.prompt.shape[1], self.hop_length)
         with self._lock:
             if self.closed:
                 raise RuntimeError(f"engine for {self.model_ref} is closed")
@@ -389,7 +398,8 @@ class MusicGenEngine:
             longest = max(codes.shape[-1] for codes, _ in prompts)
             pad_from = [self._pad_from(longest, p.max_new_tokens, k) for p in group for k in range(self.num_codebooks)]
             sampler = RowSampler([p.sampling() for p in group], self.num_codebooks, guided, self._torch_device)
-            monitor = StepMonitor(rows, sampler, on_step, steps_before, steps_overall)
+            monitor = StepMonitor(rows, sampler, on_step, steps_before, steps_overall,
+                                  on_ids=self._stream_hook(rows, prompts, 1 + longest))
             # Unset fields would be filled from the checkpoint's generation
             # config (guidance_scale=3, top_k=250); these neutral values keep
             # transformers from adding CFG or warning about sampling flags.
@@ -414,10 +424,31 @@ class MusicGenEngine:
             audio = {}
             for r, (plan, row, (codes, scales)) in enumerate(zip(group, rows, prompts)):
                 if row.status == DONE:
-                    new = self._new_frames(final_ids, r, 1 + longest, plan.new_frames)
+                    new = self._frame_range(final_ids, r, 1 + longest, 0, plan.new_frames)
                     audio[plan.index] = self._fit_length(self._decode(torch.cat([codes, new], -1), scales),
                                                          plan.total_samples)
+                    if row.streamer is not None:
+                        row.streamer.finish(audio[plan.index][:, plan.prompt.shape[1]:])
+                if row.streamer is not None:
+                    row.streamer.unbind()
             return audio
+
+    def _stream_hook(self, rows: list[RowState], prompts: list, start: int):
+        """The per-step hook that hands streaming rows their newly completed frames (None if none streams)."""
+        streaming = [(r, row) for r, row in enumerate(rows) if row.streamer is not None]
+        if not streaming:
+            return None
+        for r, row in streaming:
+            codes, scales = prompts[r]
+            row.streamer.bind(codes, lambda c, scales=scales: self._decode(c, scales))
+        delay = self.codebooks_per_channel - 1
+
+        def on_ids(step: int, ids: torch.Tensor) -> None:
+            for r, row in streaming:
+                if row.status in (RUNNING, DONE):
+                    row.streamer.advance(lambda a, b, r=r: self._frame_range(ids, r, start, a, b), step - delay)
+
+        return on_ids
 
     def _encode_prompt(self, prompt: np.ndarray) -> tuple[torch.Tensor, list]:
         """EnCodec codes ``(num_codebooks, frames)`` of one prompt, channels interleaved, and their scales."""
@@ -467,11 +498,13 @@ class MusicGenEngine:
         length = 1 + longest_prompt + max_new_tokens
         return length - self.codebooks_per_channel + 1 + self._delay(codebook)
 
-    def _new_frames(self, ids: torch.Tensor, row: int, start: int, frames: int) -> torch.Tensor:
-        # New frame f of codebook k sits at start + delay(k) + f (start = 1 + longest prompt).
+    def _frame_range(self, ids: torch.Tensor, row: int, start: int, first: int, end: int) -> torch.Tensor:
+        """New frames [first, end) of one row, codebooks un-delayed: (num_codebooks, end - first).
+
+        New frame f of codebook k sits at start + delay(k) + f (start = 1 + longest prompt)."""
         k = self.num_codebooks
         return torch.stack([
-            ids[row * k + c, start + self._delay(c) : start + self._delay(c) + frames] for c in range(k)
+            ids[row * k + c, start + self._delay(c) + first : start + self._delay(c) + end] for c in range(k)
         ])
 
     def _decode(self, codes: torch.Tensor, scales: list) -> np.ndarray:

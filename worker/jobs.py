@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from backend import cancellation, chunks, eta, metrics, webhooks
 from backend.clock import utcnow
 from backend.errors import SegueError, TaskFailure
 
 from . import audio as audio_ops
 from . import pipeline, runtime
+from .chunk_publisher import ChunkPublisher
 from .engine import GenerationCanceled
 from .progress_reporter import ProgressReporter
+from .windows import WindowedGeneration
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 # Where each stage sits on the 0-100 progress bar.
 PREPARED_AT, GENERATED_AT = 10.0, 96.0
 PREPARE_THREADS = 4  # downloads are I/O-bound; tempo detection releases the GIL in numba
+CANCEL_POLL_SECONDS = 0.25  # how often a running task checks for a cancel request (one Redis EXISTS)
 
 
 def describe_failure(exc: BaseException, timeout: int) -> str:
@@ -72,6 +76,7 @@ def run_task(task_id: str) -> str:
 def run_tasks(task_ids: list[str], *, timeout: int) -> dict[str, BaseException | None]:
     """Run tasks together; returns each task's failure (None when it completed or was skipped)."""
     rt = runtime.get()
+    batch_started = time.monotonic()
     outcomes: dict[str, BaseException | None] = {task_id: None for task_id in task_ids}
     runs = _claim(rt, task_ids)
     rt.current_tasks = [run.task_id for run in runs]
@@ -90,7 +95,25 @@ def run_tasks(task_ids: list[str], *, timeout: int) -> dict[str, BaseException |
             outcomes[run.task_id] = run.error
         rt.current_tasks = []
         rt.tasks_done += len(runs)
+        if runs:
+            _record_batch(rt, time.monotonic() - batch_started, len(runs))
     return outcomes
+
+
+def _record_batch(rt: runtime.Runtime, seconds: float, size: int) -> None:
+    try:
+        eta.record_batch_seconds(rt.services.redis, seconds)
+        metrics.record_batch(rt.services.redis, size)
+    except Exception as exc:  # statistics must never fail a batch
+        log.warning("could not record batch statistics: %s", exc)
+
+
+def _record_task(rt: runtime.Runtime, run: TaskRun, status: str, audio_seconds: float = 0.0) -> None:
+    try:
+        metrics.record_task(rt.services.redis, status=status, model=run.doc["model"],
+                            seconds=time.monotonic() - run.started, audio_seconds=audio_seconds)
+    except Exception as exc:  # statistics must never fail a task
+        log.warning("could not record task statistics: %s", exc)
 
 
 def _claim(rt: runtime.Runtime, task_ids: list[str]) -> list[TaskRun]:
@@ -102,6 +125,7 @@ def _claim(rt: runtime.Runtime, task_ids: list[str]) -> list[TaskRun]:
             continue
         reporter = ProgressReporter(rt.services.progress, task_id)
         reporter.report(0.5, force=True)
+        chunks.reset(rt.services.redis, task_id)  # a retry streams from the start again
         runs.append(TaskRun(task_id, doc, reporter))
     return runs
 
@@ -140,8 +164,11 @@ def _run_group(rt: runtime.Runtime, model: str, runs: list[TaskRun]) -> None:
             run.error = TaskFailure(f"model {model} could not be loaded: {exc}")
         return
     for run in ready:
-        run.prepared.request.on_progress = run.reporter.stage(PREPARED_AT, GENERATED_AT)
-    results = engine.generate_each([run.prepared.request for run in ready])
+        request = run.prepared.request
+        request.on_progress = run.reporter.stage(PREPARED_AT, GENERATED_AT)
+        request.should_stop = _cancel_check(rt, run.task_id)
+        request.on_audio = ChunkPublisher(rt.services.redis, run.task_id, engine.sample_rate)
+    results = _generate_windowed(engine, [run.prepared.request for run in ready])
     for run, result in zip(ready, results):
         if isinstance(result, BaseException):
             run.error = result
@@ -154,13 +181,60 @@ def _run_group(rt: runtime.Runtime, model: str, runs: list[TaskRun]) -> None:
             run.prepared = None  # drop the prompt and result arrays as soon as possible
 
 
+def _generate_windowed(engine, requests: list) -> list:
+    """Every request through as many 30 s windows as it needs; each round of windows is one batch."""
+    windows = [WindowedGeneration(r, engine.sample_rate, engine.hop_length) for r in requests]
+    outcomes: list = [None] * len(requests)
+    active = list(range(len(requests)))
+    while active:
+        results = engine.generate_each([windows[i].next_request() for i in active])
+        still = []
+        for i, result in zip(active, results):
+            if isinstance(result, BaseException):
+                outcomes[i] = result
+                continue
+            windows[i].accept(result)
+            if windows[i].done:
+                outcomes[i] = windows[i].result()
+            else:
+                still.append(i)
+        active = still
+    return outcomes
+
+
+def _cancel_check(rt: runtime.Runtime, task_id: str):
+    """``should_stop`` for one task: True once its client asked to cancel (checked at most every 0.25 s)."""
+    state = {"checked": 0.0, "requested": False}
+
+    def should_stop() -> bool:
+        now = time.monotonic()
+        if not state["requested"] and now - state["checked"] >= CANCEL_POLL_SECONDS:
+            state["checked"] = now
+            state["requested"] = cancellation.is_requested(rt.services.redis, task_id)
+        return state["requested"]
+
+    return should_stop
+
+
 def _fail(rt: runtime.Runtime, run: TaskRun, timeout: int) -> None:
-    message = describe_failure(run.error, timeout)
-    rt.services.store.finish(run.task_id, "failed", {"error": message, "progress": run.reporter.value},
-                             only_from=("processing",))
+    if isinstance(run.error, GenerationCanceled):
+        status, message = "canceled", "canceled by request"
+    else:
+        status, message = "failed", describe_failure(run.error, timeout)
+    if rt.services.store.finish(run.task_id, status, {"error": message, "progress": run.reporter.value},
+                                only_from=("processing",)):
+        _schedule_webhook(rt, run.task_id)
+        _record_task(rt, run, status)
     run.done = True
-    log.warning("task %s failed: %s", run.task_id, message,
-                exc_info=run.error if not isinstance(run.error, SegueError) else None)
+    log.warning("task %s %s: %s", run.task_id, status, message,
+                exc_info=run.error if not isinstance(run.error, (SegueError, GenerationCanceled)) else None)
+
+
+def _schedule_webhook(rt: runtime.Runtime, task_id: str) -> None:
+    try:
+        webhooks.schedule(rt.services.redis, task_id)
+    except Exception as exc:  # the task's outcome is stored; a lost callback must not undo it
+        log.warning("could not schedule the webhook of task %s: %s", task_id, exc)
 
 
 def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) -> None:
@@ -193,6 +267,10 @@ def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) 
         log.info("task %s ended elsewhere while running; result discarded", task_id)
         return
     rt.services.progress.raise_to(task_id, 100.0)
+    _schedule_webhook(rt, task_id)
+    # New audio only: a /continue result also holds the input clip, a /generate one its prompt.
+    given = doc["request"].get("input_seconds") if doc["kind"] == "continue" else outcome.prompt_seconds
+    _record_task(rt, run, "completed", max(0.0, fields["duration_seconds"] - float(given or 0.0)))
     # The input of a /continue is no longer needed once its task has a result.
     if doc.get("input_file_id") is not None:
         store.extend_audio_expiry(doc["input_file_id"], utcnow())

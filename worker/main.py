@@ -4,7 +4,7 @@ RQ's default ``Worker`` forks a child per job, which would throw the loaded
 model away each time; ``BatchingWorker`` (a ``SimpleWorker``) runs jobs in
 this process, so the models loaded before the loop stay warm, and runs
 waiting tasks for the same model together as one batch. A heartbeat thread tells ``/health``
-what this worker runs on and reaps tasks orphaned by dead workers.
+what this worker runs on and reaps tasks orphaned by dead workers; another sends due webhooks.
 
 Start with ``python -m worker``.
 """
@@ -20,7 +20,7 @@ import threading
 import time
 
 
-from backend import heartbeat
+from backend import heartbeat, webhooks
 from backend.maintenance import prune, reap_orphans, requeue_lost
 from backend.settings import Settings
 
@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     beat = Heartbeat(rt, info)
     beat.beat()
     beat.start()
+    # Webhook deliveries wait in Redis; every worker sends due ones, each delivery made by one of them.
+    webhook_sender = threading.Thread(target=webhooks.run_delivery_loop, args=(rt.services, beat.stopped),
+                                      name="segue-webhooks", daemon=True)
+    webhook_sender.start()
 
     worker = BatchingWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
                             max_batch=settings.max_batch, batch_wait=settings.batch_wait_ms / 1000,

@@ -34,8 +34,10 @@ from .tempo import detect_bpm
 
 # Tempo estimates need more than a short prompt: download at least this much.
 TEMPO_WINDOW_SECONDS = 15.0
-# MusicGen's context: prompt + continuation must fit in this many seconds.
+# A /continue generates one MusicGen window unless it asks for more.
 MODEL_WINDOW_SECONDS = 30.0
+# Longest result; past MODEL_WINDOW_SECONDS it is generated window by window (worker.windows).
+MAX_TOTAL_SECONDS = 120.0
 MIN_PROMPT_SECONDS = 1.0
 
 
@@ -63,7 +65,8 @@ def _seed(request: dict) -> int:
 def _generation_request(request: dict, prompt: np.ndarray, sr: int, total: float, seed: int) -> GenerationRequest:
     return GenerationRequest(prompt_audio=prompt, prompt_sr=sr, total_seconds=total, text=request.get("prompt"),
                              seed=seed, top_k=request.get("top_k", 250), top_p=request.get("top_p", 0.0),
-                             temperature=request.get("temperature", 1.0), cfg_coef=request.get("cfg_coef", 3.0))
+                             temperature=request.get("temperature", 1.0), cfg_coef=request.get("cfg_coef", 3.0),
+                             melody_conditioning=bool(request.get("melody")))
 
 
 def prepare_generate(request: dict, *, fetch_timeout: float, allow_private: bool) -> Prepared:
@@ -80,7 +83,7 @@ def prepare_generate(request: dict, *, fetch_timeout: float, allow_private: bool
         raise TaskFailure(f"only {prompt_seconds:.2f} s of audio found after currentTime; at least "
                           f"{MIN_PROMPT_SECONDS:g} s is needed")
     total = target_length(bpm, float(request["duration_min"]), float(request["duration_max"]), prompt_seconds,
-                          limit_s=MODEL_WINDOW_SECONDS)
+                          limit_s=MAX_TOTAL_SECONDS)
     seed = _seed(request)
 
     def finish(result: GenerationResult) -> Outcome:

@@ -41,10 +41,14 @@ def new_worker_id() -> str:
 def init(settings: Settings, worker_id: str | None = None) -> Runtime:
     global _runtime
     from .engine import MusicGenEngine  # torch is imported here, in the worker only
+    from .engine_loader import load_engine
+    from .model_source import resolve_model
 
     def load(model_ref: str) -> MusicGenEngine:
-        return MusicGenEngine(model_ref, device=settings.device, half_precision=settings.half_precision,
-                              cpu_threads=settings.torch_threads)
+        # An audiocraft checkpoint is converted once (cached under SEGUE_DATA_DIR); the cache keeps
+        # the configured ref as its key, so /health and /models report the name users chose.
+        return load_engine(resolve_model(model_ref, settings.data_dir), device=settings.device,
+                           half_precision=settings.half_precision, cpu_threads=settings.torch_threads)
 
     _runtime = Runtime(settings=settings, services=Services.from_settings(settings, blocking_reads=True),
                        models=ModelCache(settings.model_cache_size, load),

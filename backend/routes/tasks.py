@@ -1,8 +1,8 @@
-"""Reading tasks: the gary4web polling routes."""
+"""Tasks: the gary4web polling routes, the audio download and cancel."""
 
 import base64
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 
 from .. import services as svc
 from ..context import services
@@ -33,3 +33,22 @@ def progress(task_id: str):
     s = services()
     doc = svc.load_task(s, task_id)
     return jsonify({"progress": round(svc.current_progress(s, doc), 2)})
+
+
+@bp.get("/tasks/<task_id>/audio")
+def audio(task_id: str):
+    s = services()
+    doc = svc.load_task(s, task_id)
+    data, content_type, filename = svc.result_file(s, doc)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "X-Processing-Time-Ms": str(doc.get("processing_time_ms") or 0),
+        "X-Audio-Duration-Seconds": f"{doc.get('duration_seconds') or 0:g}",
+        "Cache-Control": "private, max-age=3600",  # a finished result never changes
+    }
+    return Response(data, mimetype=content_type, headers=headers)
+
+
+@bp.post("/tasks/<task_id>/cancel")
+def cancel(task_id: str):
+    return jsonify(svc.cancel_task(services(), task_id))

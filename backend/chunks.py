@@ -1,0 +1,65 @@
+"""Audio chunks of a running task, in a Redis stream per task.
+
+The worker appends each chunk of a continuation as it is decoded (see
+``worker.streaming``); ``GET /tasks/<id>/events`` and ``/stream`` read the
+stream from its start, so a client that connects late first receives
+everything generated so far, then blocks for more. A Redis stream rather than
+pub/sub because pub/sub forgets what was sent before a client subscribed.
+Chunks are float32 PCM, channels interleaved per sample, at the model's rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+KEY = "segue:chunks:{}"
+# Long enough for any client to catch up after the task ends; the finished
+# result is always downloadable from /tasks/<id>/audio afterwards.
+TTL_SECONDS = 3600
+DTYPE = "float32"
+
+
+@dataclass
+class Chunk:
+    seq: int
+    offset_samples: int  # of the first sample, counted from the start of the continuation
+    sample_rate: int
+    channels: int
+    pcm: bytes  # little-endian float32, interleaved
+
+    def header(self) -> dict:
+        return {"seq": self.seq, "sample_rate": self.sample_rate, "channels": self.channels, "dtype": DTYPE,
+                "offset_samples": self.offset_samples, "final": False}
+
+
+def publish(connection: redis.Redis, task_id: str, chunk: Chunk) -> None:
+    key = KEY.format(task_id)
+    pipe = connection.pipeline(transaction=False)
+    pipe.xadd(key, {"seq": chunk.seq, "offset": chunk.offset_samples, "sr": chunk.sample_rate,
+                    "ch": chunk.channels, "pcm": chunk.pcm})
+    pipe.expire(key, TTL_SECONDS)
+    pipe.execute()
+
+
+def reset(connection: redis.Redis, task_id: str) -> None:
+    """Forget the chunks of an earlier attempt (a retried task starts its stream again)."""
+    connection.delete(KEY.format(task_id))
+
+
+def _decode(fields: dict) -> Chunk:
+    return Chunk(int(fields[b"seq"]), int(fields[b"offset"]), int(fields[b"sr"]), int(fields[b"ch"]),
+                 bytes(fields[b"pcm"]))
+
+
+def read(connection: redis.Redis, task_id: str, after: str = "0-0", *, block_ms: int | None = None,
+         count: int = 64) -> list[tuple[str, Chunk]]:
+    """Chunks after stream id ``after`` (oldest first), waiting up to ``block_ms`` for the first one."""
+    key = KEY.format(task_id)
+    answer = connection.xread({key: after}, count=count, block=block_ms)
+    out = []
+    for _key, entries in answer or []:
+        for entry_id, fields in entries:
+            out.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id, _decode(fields)))
+    return out

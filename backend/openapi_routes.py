@@ -1,0 +1,114 @@
+"""OpenAPI entries of the routes beyond gary4web's: live streams, downloads, models, cancel,
+metrics and the pages. Merged into the document by ``openapi.build_openapi``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .openapi import _err, _json, _nullable_type
+
+TASK_ID = [{"$ref": "#/components/parameters/TaskId"}]
+COMMON = {"404": _err("NotFound"), "429": _err("TooManyRequests"), "503": _err("Unavailable")}
+
+EVENTS_DESCRIPTION = """Server-Sent Events following the task until it ends:
+
+- `event: progress`, `data: {"progress": P}` whenever progress changes;
+- `event: audio`, `id: <seq>`, `data: {"seq", "sample_rate", "channels", "dtype": "float32", "offset_samples",
+  "final": false, "pcm": "<base64>"}`: the next chunk of the continuation (the generated part, after the
+  prompt) at the model's sample rate, as little-endian float32 samples, channels interleaved. `offset_samples`
+  is where the chunk starts within the continuation; concatenated in order, chunks equal the result's
+  continuation. A client that connects late first receives every chunk generated so far;
+- one final `event: completed` | `failed` | `canceled` whose `data` is the task document without `audio`
+  (plus `audio_url` when completed); then the stream ends.
+
+`: keep-alive` comments are sent every 15 s of silence. Each open stream holds one API thread."""
+
+STREAM_DESCRIPTION = """The audio chunks of `/events` as binary frames (`application/octet-stream`). Each frame:
+a 4-byte big-endian **total frame length** (these 4 bytes included), a 4-byte big-endian header length, a
+UTF-8 JSON header `{"seq", "sample_rate", "channels", "dtype": "float32", "offset_samples", "final"}`, then the
+raw PCM (little-endian float32, channels interleaved). The last frame has `"final": true`, a `"status"`
+(`completed`, `failed`, `canceled`, or `interrupted` when Redis/MongoDB went away) and no PCM."""
+
+
+def schemas() -> dict[str, Any]:
+    return {
+        "Model": {
+            "type": "object",
+            "required": ["id", "description", "sample_rate", "channels", "loaded"],
+            "properties": {
+                "id": {"type": "string", "description": "Pass as `model` in requests."},
+                "description": _nullable_type("string", description="Default text prompt used when a "
+                                              "request has none (community fine-tunes have one)."),
+                "sample_rate": _nullable_type("integer"),
+                "channels": _nullable_type("integer", description="1 (mono) or 2 (stereo)."),
+                "size": _nullable_type("string", description="Parameters, e.g. `300M`."),
+                "kind": {"type": "string", "description": "`musicgen`, `musicgen_melody` or "
+                         "`audiocraft_checkpoint` (converted on first load)."},
+                "summary": _nullable_type("string"),
+                "loaded": {"type": "boolean", "description": "Loaded on at least one live worker."},
+                "default": {"type": "boolean"},
+            },
+        },
+        "Models": {
+            "type": "object",
+            "required": ["models", "default"],
+            "properties": {"models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
+                           "default": {"type": "string"}},
+        },
+    }
+
+
+def _page(operation_id: str, summary: str) -> dict[str, Any]:
+    return {"get": {"operationId": operation_id, "summary": summary, "tags": ["pages"],
+                    "responses": {"200": {"description": "An HTML page.",
+                                          "content": {"text/html": {"schema": {"type": "string"}}}}}}}
+
+
+def paths() -> dict[str, Any]:
+    return {
+        "/tasks/{task_id}/events": {"parameters": TASK_ID, "get": {
+            "operationId": "taskEvents", "summary": "Progress and audio while the task runs (SSE)",
+            "description": EVENTS_DESCRIPTION, "tags": ["live"],
+            "responses": {"200": {"description": "An event stream.",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **COMMON}}},
+        "/tasks/{task_id}/stream": {"parameters": TASK_ID, "get": {
+            "operationId": "taskStream", "summary": "Audio while the task runs (binary frames)",
+            "description": STREAM_DESCRIPTION, "tags": ["live"],
+            "responses": {"200": {"description": "Length-prefixed frames.",
+                                  "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}},
+                          **COMMON}}},
+        "/tasks/{task_id}/audio": {"parameters": TASK_ID, "get": {
+            "operationId": "taskAudio", "summary": "Download the result file",
+            "description": "The result as a file (`audio/wav` or `audio/mpeg`), with `Content-Disposition`, "
+                           "`X-Processing-Time-Ms` and `X-Audio-Duration-Seconds`. 409 until the task completed.",
+            "tags": ["tasks"],
+            "responses": {
+                "200": {"description": "The audio file.",
+                        "headers": {h: {"schema": {"type": "string"}} for h in
+                                    ("Content-Disposition", "X-Processing-Time-Ms", "X-Audio-Duration-Seconds")},
+                        "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}},
+                                    "audio/mpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                "409": _err("Conflict"), **COMMON}}},
+        "/tasks/{task_id}/cancel": {"parameters": TASK_ID, "post": {
+            "operationId": "cancelTask", "summary": "Cancel a queued or running task",
+            "description": "A queued task ends `canceled` at once. A running one gets `cancel_requested: true` "
+                           "and ends `canceled` within a few decoding steps; tasks batched with it go on. "
+                           "Canceling a canceled task is a no-op; a completed or failed one is a 409.",
+            "tags": ["tasks"],
+            "responses": {"200": _json("Task", "The task document (without audio)."), "409": _err("Conflict"),
+                          **COMMON}}},
+        "/models": {"get": {
+            "operationId": "models", "summary": "The models offered", "tags": ["service"],
+            "responses": {"200": _json("Models", "Every offered model; the first is the default."),
+                          "429": _err("TooManyRequests")}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics", "tags": ["service"],
+            "description": "Queue depth, tasks by status, task seconds, generated audio seconds, batch sizes, "
+                           "workers: shared through Redis, so every API process reports the same numbers.",
+            "responses": {"200": {"description": "Prometheus text format.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          "503": _err("Unavailable")}}},
+        "/": _page("webApp", "The web app"),
+        "/status": _page("statusPage", "A human-readable status page built from /health"),
+    }

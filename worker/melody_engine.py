@@ -1,0 +1,274 @@
+"""MusicGen *melody* continuation engine (``MusicgenMelodyForConditionalGeneration``).
+
+A melody model continues a prompt like plain MusicGen (same EnCodec frames,
+same delay pattern, same prompt-in-output; see ``worker.engine``), but it is
+conditioned differently, and this module is about that difference:
+
+- **No cross-attention.** The conditioning is a *prefix* of the decoder's
+  input: ``chroma_length`` (235) chroma frames projected to the decoder width,
+  then the projected T5 states of the text. The decoder token ids (start token
+  2048, then the prompt's codes) come after it, so the delay-pattern layout of
+  the ids, the step count (``new_frames + 3``) and the un-delaying are exactly
+  those of ``MusicGenEngine``, whose helpers this class inherits.
+- **Chroma.** With ``melody_conditioning`` the chroma is that of the prompt
+  audio (12 pitch classes, one-hot per 4096-sample frame at 32 kHz, tiled to
+  ``chroma_length`` frames as transformers does); without it, the "no melody"
+  chroma transformers uses: every frame one-hot on bin 0 (pitch class C; so
+  a prompt whose strongest pitch class is C throughout, or silence, is
+  conditioned exactly as if no melody were given).
+  ``ChromaExtractor`` is ``MusicgenMelodyFeatureExtractor``'s computation in
+  plain torch: transformers only constructs that class when torchaudio is
+  installed, and no torchaudio release matches this project's torch.
+  ``tests/test_melody_engine`` checks it against librosa's chroma.
+- **Classifier-free guidance** is ours, as in ``MusicGenEngine``: the prefix is
+  passed doubled, conditional row then the unconditional one transformers
+  builds (text states zeroed, chroma "no melody"), with ``guidance_scale=1``
+  and ``worker.sampling.RowSampler`` mixing the halves with the row's own
+  ``cfg_coef``. A test checks that with ``top_k=1`` the audio equals that of
+  transformers' own guided greedy ``generate`` (to float rounding).
+- **One row per generate call.** Rows run one after another, each with its
+  own seeded generator, so a row's audio depends only on its request. (A
+  batched melody call would need the plain engine's left-padding hooks
+  adapted to the conditioning prefix; not done.) Progress, ``should_stop``,
+  ``on_step`` and ``on_audio`` behave as in ``MusicGenEngine``: ``on_step``
+  counts the steps of all rows one after another.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import soxr
+import torch
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessorList,
+    MusicgenMelodyForConditionalGeneration,
+    StoppingCriteriaList,
+)
+from transformers.audio_utils import chroma_filter_bank
+from transformers.feature_extraction_utils import FeatureExtractionMixin
+
+from worker.batching import DONE, RUNNING, BatchOver, RowState, StepMonitor
+from worker.device import pick_device
+from worker.engine import GenerationResult, MusicGenEngine, OnStep, _Plan
+from worker.sampling import RowSampler
+from worker.streaming import RowStreamer
+
+__all__ = ["ChromaExtractor", "MelodyEngine"]
+
+
+class ChromaExtractor:
+    """``MusicgenMelodyFeatureExtractor``'s chroma, without torchaudio.
+
+    Power spectrogram (periodic Hann window of ``n_fft``, centred frames with
+    reflect padding, scaled by the window's energy, as torchaudio's
+    ``Spectrogram(normalized=True)``), librosa's chroma filter bank, then per
+    frame a one-hot of the strongest pitch class. Audio shorter than
+    ``n_fft`` is zero-padded on both sides; longer than ``chunk_length``
+    seconds is cut.
+    """
+
+    def __init__(self, *, sampling_rate: int = 32000, n_fft: int = 16384, hop_length: int = 4096,
+                 num_chroma: int = 12, chunk_length: int = 30):
+        self.sampling_rate = sampling_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.num_chroma = num_chroma
+        self.max_samples = chunk_length * sampling_rate
+        self.filters = torch.from_numpy(chroma_filter_bank(
+            num_frequency_bins=n_fft, num_chroma=num_chroma, sampling_rate=sampling_rate, tuning=0,
+        )).float()  # (num_chroma, n_fft // 2 + 1)
+        self.window = torch.hann_window(n_fft)
+
+    @classmethod
+    def from_pretrained(cls, model_ref: str) -> "ChromaExtractor":
+        """The checkpoint's feature extractor settings (processor_config.json or preprocessor_config.json)."""
+        settings, _ = FeatureExtractionMixin.get_feature_extractor_dict(model_ref)
+        names = ("sampling_rate", "n_fft", "hop_length", "num_chroma", "chunk_length")
+        return cls(**{name: settings[name] for name in names if name in settings})
+
+    def __call__(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """One-hot chroma ``(1, frames, num_chroma)`` float32 of ``audio`` (channels, samples)."""
+        mono = np.asarray(audio, dtype=np.float32).mean(axis=0)
+        if sample_rate != self.sampling_rate:
+            mono = soxr.resample(mono, sample_rate, self.sampling_rate).astype(np.float32)
+        wave = torch.from_numpy(np.ascontiguousarray(mono[: self.max_samples]))
+        if wave.shape[-1] < self.n_fft:
+            missing = self.n_fft - wave.shape[-1]
+            wave = torch.nn.functional.pad(wave, (missing // 2, missing - missing // 2))
+        spectrum = torch.stft(wave, self.n_fft, hop_length=self.hop_length, win_length=self.n_fft,
+                              window=self.window, center=True, pad_mode="reflect", return_complex=True)
+        power = spectrum.abs().pow(2) / self.window.pow(2).sum()
+        chroma = self.filters @ power  # (num_chroma, frames)
+        strongest = chroma.argmax(dim=0)
+        return torch.nn.functional.one_hot(strongest, self.num_chroma).float()[None]
+
+
+class MelodyEngine(MusicGenEngine):
+    """One MusicGen melody model, loaded once, continuing prompts (the ``MusicGenEngine`` interface)."""
+
+    def __init__(self, model_ref: str, device: str = "auto", half_precision: bool = True,
+                 cpu_threads: int = 0):
+        self.model_ref = model_ref
+        torch_device, dtype = pick_device(device, half_precision)
+        self._torch_device = torch_device
+        self._dtype = dtype
+        self.device = str(torch_device)
+        # EnCodec has no attention and rejects a blanket "sdpa".
+        self.model = MusicgenMelodyForConditionalGeneration.from_pretrained(
+            model_ref, dtype=dtype, attn_implementation={"decoder": "sdpa", "text_encoder": "sdpa"}
+        ).to(torch_device).eval()
+        # Not AutoProcessor: MusicgenMelodyProcessor needs torchaudio (see ChromaExtractor).
+        self.tokenizer = AutoTokenizer.from_pretrained(model_ref)
+        self.chroma = ChromaExtractor.from_pretrained(model_ref)
+        self.processor = None
+
+        config = self.model.config
+        self.sample_rate: int = int(config.audio_encoder.sampling_rate)
+        self.channels: int = int(config.decoder.audio_channels)
+        self.hop_length: int = int(config.audio_encoder.hop_length)
+        self.frame_rate: float = self.sample_rate / self.hop_length
+        self.num_codebooks: int = int(config.decoder.num_codebooks)
+        self.codebooks_per_channel: int = self.num_codebooks // self.channels
+        self.pad_token: int = int(self.model.generation_config.pad_token_id)
+        self.num_chroma: int = int(config.num_chroma)
+        self.chroma_length: int = int(config.chroma_length)
+        self.num_parameters: int = sum(p.numel() for p in self.model.parameters())
+        self._lock = threading.Lock()  # one generate call at a time
+        self.cpu_threads = cpu_threads or self._default_cpu_threads()
+
+    # -- conditioning ------------------------------------------------------
+
+    def _encode_text(self, text: str) -> torch.Tensor:
+        """Text states ``(tokens, decoder width)``: T5, then the projection when the widths differ."""
+        tokens = self.tokenizer([text], return_tensors="pt").to(self._torch_device)
+        states = self.model.text_encoder(**tokens).last_hidden_state
+        if self.model.text_encoder.config.hidden_size != self.model.decoder.config.hidden_size:
+            states = self.model.enc_to_dec_proj(states)
+        return states[0]
+
+    def _no_melody(self) -> torch.Tensor:
+        # transformers' "null" chroma: one frame, one-hot on bin 0.
+        chroma = torch.zeros((1, 1, self.num_chroma), device=self._torch_device, dtype=self._dtype)
+        chroma[:, :, 0] = 1
+        return chroma
+
+    def _chroma_states(self, chroma: torch.Tensor) -> torch.Tensor:
+        """Chroma ``(1, frames, num_chroma)`` -> decoder-width states tiled/cut to ``chroma_length`` frames."""
+        states = chroma.to(self._torch_device, dtype=self._dtype)
+        if self.num_chroma != self.model.decoder.config.hidden_size:
+            states = self.model.audio_enc_to_dec_proj(states)
+        repeats = math.ceil(self.chroma_length / states.shape[1])
+        return states.repeat(1, repeats, 1)[:, : self.chroma_length]
+
+    def _conditioning(self, plan: _Plan) -> torch.Tensor:
+        """The decoder's prefix ``(1 or 2, chroma_length + text tokens, width)``; 2 rows when guided."""
+        request = plan.request
+        text = self._encode_text(request.text or "")[None]
+        melody = self.chroma(plan.prompt, self.sample_rate) if request.melody_conditioning else self._no_melody()
+        rows = [torch.cat([self._chroma_states(melody), text], dim=1)]
+        if plan.guided:
+            rows.append(torch.cat([self._chroma_states(self._no_melody()), torch.zeros_like(text)], dim=1))
+        return torch.cat(rows)
+
+    # -- generation --------------------------------------------------------
+
+    def _run(self, plans: list[_Plan], count: int, on_step: OnStep | None) -> list:
+        outcomes: list = [None] * count
+        if not plans:
+            return outcomes
+        steps_overall = sum(p.max_new_tokens for p in plans)
+        rows = {p.index: RowState(p.index, p.max_new_tokens, p.request.on_progress, p.request.should_stop)
+                for p in plans}
+        for p in plans:
+            on_audio = getattr(p.request, "on_audio", None)
+            if on_audio is not None:
+                rows[p.index].streamer = RowStreamer(on_audio, p.new_frames, p.total_samples - p.prompt.shape[1],
+                                                     self.hop_length)
+        with self._lock:
+            if self.closed:
+                raise RuntimeError(f"engine for {self.model_ref} is closed")
+            threads_before = torch.get_num_threads()
+            if self.cpu_threads:
+                torch.set_num_threads(self.cpu_threads)
+            canceled_all = []
+
+            def step_hook(step: int, total: int) -> bool:
+                if on_step is not None and on_step(step, total):
+                    canceled_all.append(step)
+                return bool(canceled_all)
+
+            try:
+                steps_before = 0
+                for plan in plans:
+                    row = rows[plan.index]
+                    if canceled_all:
+                        row.cancel(0)
+                    audio = None
+                    try:
+                        audio = self._generate_row(plan, row, step_hook, steps_before, steps_overall)
+                    except Exception as exc:  # noqa: BLE001 - this row's own failure
+                        self._fail(row, exc)
+                        self._release_memory()
+                    steps_before += plan.max_new_tokens
+                    if row.status == DONE and audio is not None:
+                        outcomes[plan.index] = GenerationResult(audio=audio, sample_rate=self.sample_rate)
+                    else:
+                        outcomes[plan.index] = row.error
+            finally:
+                torch.set_num_threads(threads_before)
+        return outcomes
+
+    def _generate_row(self, plan: _Plan, row: RowState, on_step: OnStep | None,
+                      steps_before: int, steps_overall: int) -> np.ndarray | None:
+        """One request in one generate call; None when it was canceled."""
+        row.poll_stop(0)
+        if row.status != RUNNING:
+            return None
+        with torch.inference_mode():
+            codes, scales = self._encode_prompt(plan.prompt)
+            prefix = self._conditioning(plan)
+            start = 1 + codes.shape[-1]  # the start token, then the prompt's frames
+            ids = torch.full((self.num_codebooks, start), self.pad_token, dtype=torch.long, device=self._torch_device)
+            ids[:, 1:] = codes
+            if plan.guided:
+                ids = ids.repeat(2, 1)
+            sampler = RowSampler([plan.sampling()], self.num_codebooks, plan.guided, self._torch_device)
+            # Neutral values: unset fields would come from the checkpoint's
+            # generation config (guidance_scale=3, top_k=250).
+            config = GenerationConfig(
+                max_new_tokens=plan.max_new_tokens, do_sample=False, guidance_scale=1.0, top_k=50, use_cache=True,
+                decoder_start_token_id=self.pad_token, bos_token_id=self.pad_token, pad_token_id=self.pad_token,
+            )
+            try:
+                monitor = StepMonitor([row], sampler, on_step, steps_before, steps_overall,
+                                      on_ids=self._stream_hook([row], [(codes, scales)], start))
+                try:
+                    # encoder_hidden_states first: generate takes the batch size from the first tensor.
+                    self.model.generate(
+                        encoder_hidden_states=prefix, decoder_input_ids=ids, generation_config=config,
+                        logits_processor=LogitsProcessorList([sampler]),
+                        stopping_criteria=StoppingCriteriaList([monitor]),
+                    )
+                except BatchOver:
+                    pass
+                else:
+                    raise RuntimeError(f"MusicGen melody stopped after {monitor.step} of {plan.max_new_tokens} steps")
+                if row.status != DONE:
+                    return None
+                new = self._frame_range(monitor.final_ids, 0, start, 0, plan.new_frames)
+                audio = self._fit_length(self._decode(torch.cat([codes, new], -1), scales), plan.total_samples)
+                if row.streamer is not None:
+                    row.streamer.finish(audio[:, plan.prompt.shape[1]:])
+                return audio
+            finally:
+                if row.streamer is not None:
+                    row.streamer.unbind()
+
+    def close(self) -> None:
+        super().close()
+        self.tokenizer = None
