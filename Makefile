@@ -10,6 +10,8 @@ bootstrap:
 run: bootstrap
 	@exec $(PY) -m backend.devstack
 
+# The browser tests drive Debian's Chromium: `make test` has bootstrap install it; `make run` never needs it.
+test: export SEGUE_BOOTSTRAP_BROWSER = 1
 test: bootstrap
 	@$(MAKE) --no-print-directory test-node
 	@$(MAKE) --no-print-directory test-python
@@ -19,6 +21,7 @@ test-python:
 
 test-node:
 	cd express-server && npm test
+	cd extension && npm test
 
 maintain: bootstrap
 	$(PY) -m backend.maintenance

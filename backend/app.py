@@ -9,7 +9,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from . import auth, errorhandlers, ratelimit
-from .routes import docs, generation, health, live, models, tasks
+from .routes import docs, generation, health, live, models, pages, tasks
 from .routes import metrics as metrics_routes
 from .services import Services
 from .settings import Settings
@@ -34,7 +34,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     errorhandlers.register(app)
     auth.init_app(app, settings)  # before the limiter, so limits count per API key
     ratelimit.init_app(app, settings)
-    for blueprint in (generation.bp, tasks.bp, live.bp, models.bp, health.bp, docs.bp, metrics_routes.bp):
+    for blueprint in (generation.bp, tasks.bp, live.bp, models.bp, health.bp, docs.bp, metrics_routes.bp, pages.bp):
         app.register_blueprint(blueprint)
     try:
         services.store.ensure_indexes()

@@ -30,6 +30,18 @@ raw PCM (little-endian float32, channels interleaved). The last frame has `"fina
 (`completed`, `failed`, `canceled`, or `interrupted` when Redis/MongoDB went away) and no PCM."""
 
 
+# One event of the stream, as an SSE parser sees it (``data`` is JSON text, see the description).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "audio", "completed", "failed", "canceled", "error"]},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def schemas() -> dict[str, Any]:
     return {
         "Model": {
@@ -67,10 +79,14 @@ def _page(operation_id: str, summary: str) -> dict[str, Any]:
 def paths() -> dict[str, Any]:
     return {
         "/tasks/{task_id}/events": {"parameters": TASK_ID, "get": {
+            "parameters": [{"name": "audio", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["1", "0", "true", "false"], "default": "1"},
+                            "description": "`0` leaves out the `audio` events (progress and the end only)."}],
             "operationId": "taskEvents", "summary": "Progress and audio while the task runs (SSE)",
             "description": EVENTS_DESCRIPTION, "tags": ["live"],
             "responses": {"200": {"description": "An event stream.",
-                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **COMMON}}},
+                                  "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+                          "400": _err("BadRequest"), **COMMON}}},
         "/tasks/{task_id}/stream": {"parameters": TASK_ID, "get": {
             "operationId": "taskStream", "summary": "Audio while the task runs (binary frames)",
             "description": STREAM_DESCRIPTION, "tags": ["live"],

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_system=("ffmpeg")
+# Chromium (Debian's, driven by Playwright in the browser tests) only when asked: `make test` sets this.
 [ "${SEGUE_BOOTSTRAP_BROWSER:-0}" = "1" ] && want_system+=("chromium")
 
 missing=()

@@ -61,6 +61,8 @@ def test_late_client_gets_every_chunk_then_completed(client, run_worker, media_s
     audio_events = [data for name, data in events if name == "audio"]
     assert [d["seq"] for d in audio_events] == list(range(len(audio_events)))
     assert {d["sample_rate"] for d in audio_events} == {32000} and {d["dtype"] for d in audio_events} == {"float32"}
+    quiet = parse_sse(client.get(f"/tasks/{task_id}/events?audio=0").get_data(as_text=True))
+    assert [n for n, _ in quiet if n == "audio"] == [] and quiet[-1][0] == "completed"
     streamed = pcm_of(audio_events)
 
     download = client.get(f"/tasks/{task_id}/audio")

@@ -13,12 +13,13 @@ import logging
 import struct
 
 import redis
-from flask import Blueprint, Response, stream_with_context
+from flask import Blueprint, Response, request, stream_with_context
 from pymongo.errors import PyMongoError
 
 from .. import live
 from ..chunks import DTYPE
 from ..context import services
+from ..errors import BadRequest
 from ..services import load_task
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,16 @@ log = logging.getLogger(__name__)
 bp = Blueprint("live", __name__)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
+
+
+def _flag(raw: str | None, name: str, *, default: bool) -> bool:
+    if raw is None:
+        return default
+    if raw in ("1", "true"):
+        return True
+    if raw in ("0", "false"):
+        return False
+    raise BadRequest(f"query parameter '{name}' must be 1, 0, true or false, got {raw[:40]!r}", code="invalid_field")
 
 
 def _sse(event: str, data: dict, event_id: int | None = None) -> str:
@@ -40,6 +51,8 @@ def _sse(event: str, data: dict, event_id: int | None = None) -> str:
 def events(task_id: str):
     s = services()
     load_task(s, task_id)  # unknown id: a JSON 404, not an empty stream
+    # Progress-only listeners (a status badge, the extension) need not download the PCM.
+    with_audio = _flag(request.args.get("audio"), "audio", default=True)
 
     def generate():
         yield "retry: 2000\n\n"
@@ -48,8 +61,9 @@ def events(task_id: str):
                 if kind == "keepalive":
                     yield ": keep-alive\n\n"
                 elif kind == "audio":
-                    data = dict(payload.header(), pcm=base64.b64encode(payload.pcm).decode("ascii"))
-                    yield _sse("audio", data, payload.seq)
+                    if with_audio:
+                        data = dict(payload.header(), pcm=base64.b64encode(payload.pcm).decode("ascii"))
+                        yield _sse("audio", data, payload.seq)
                 else:
                     yield _sse(kind, payload)
         except (redis.RedisError, PyMongoError) as exc:

@@ -1,0 +1,72 @@
+"""The status page at /status in a real Chromium: every part live against the full stack, parts that are down
+shown in red against an API with no worker and no sidecar, refreshing by itself; wall-screen and phone shots."""
+
+from __future__ import annotations
+
+from backend.embedded import free_port
+from tests.browser import (PHONE, WALL, browser, full_stack, horizontal_overflow, open_page,  # noqa: F401
+                           screenshot, serve_app)
+
+COMPONENTS = ("api", "mongodb", "redis", "pytorch", "sidecar")
+
+
+def tile_states(page) -> dict[str, str]:
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('.tile')]
+        .map(t => [t.dataset.component, t.dataset.state]))""")
+
+
+def test_status_page_shows_every_part_live_and_refreshes(browser, full_stack):
+    watched = open_page(browser, f"{full_stack.api}/status", WALL)
+    page = watched.page
+    page.wait_for_function("[...document.querySelectorAll('.tile')].every(t => t.dataset.state === 'live')",
+                           timeout=30_000)
+    assert tile_states(page) == {name: "live" for name in COMPONENTS}
+    assert page.get_attribute("#hero", "data-state") == "live"
+    assert page.inner_text("#hero-title") == "All systems live"
+    assert page.inner_text("#stat-workers") == "1"
+    assert page.inner_text("#stat-device") == "cpu"
+    assert page.inner_text("#stat-queue").isdigit()
+    assert "tiny-mono" in page.inner_text("#models")
+    rows = page.locator("#workers tr")
+    assert rows.count() == 1 and "cpu" in rows.first.inner_text()
+    assert "ffmpeg" in page.inner_text('.tile[data-component="sidecar"] .detail')
+
+    # It refreshes itself: new reports arrive without a reload, and the rate appears once two have.
+    refreshes = int(page.get_attribute("html", "data-refreshes"))
+    page.wait_for_function(f"Number(document.documentElement.dataset.refreshes) >= {refreshes + 2}", timeout=15_000)
+    assert page.inner_text("#stat-rate") != "–"
+    assert page.inner_text("#updated").startswith("updated")
+    screenshot(page, "status-wall-live")
+
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(300)
+    assert horizontal_overflow(page) <= 0
+    screenshot(page, "status-phone-live")
+    watched.assert_clean()
+    watched.close()
+
+
+def test_status_page_shows_parts_that_are_down(browser, settings):
+    """No worker heartbeats (PyTorch down, so /health answers 503 with its report) and no sidecar listening."""
+    from backend.app import create_app
+
+    app = create_app(settings=settings.with_(express_port=free_port()))
+    with serve_app(app) as base:
+        watched = open_page(browser, f"{base}/status", WALL)
+        page = watched.page
+        page.wait_for_function("document.getElementById('hero').dataset.state === 'down'", timeout=15_000)
+        page.wait_for_function("document.querySelector('.tile[data-component=sidecar]').dataset.state === 'down'")
+        states = tile_states(page)
+        assert states == {"api": "live", "mongodb": "live", "redis": "live", "pytorch": "down", "sidecar": "down"}
+        assert page.inner_text("#hero-title") == "PyTorch, Sidecar are down"
+        # Down is red, live is green: the colours the tiles actually render.
+        colour = page.eval_on_selector('.tile[data-component="pytorch"] .state', "e => getComputedStyle(e).color")
+        assert colour == "rgb(255, 93, 108)"
+        colour = page.eval_on_selector('.tile[data-component="redis"] .state', "e => getComputedStyle(e).color")
+        assert colour == "rgb(61, 220, 151)"
+        assert page.inner_text("#stat-workers") == "0"
+        assert "No worker" in page.inner_text("#workers")
+        screenshot(page, "status-wall-degraded")
+        # The 503 of /health and the refused sidecar connection are what this page is about, not page errors.
+        watched.assert_clean(allowed=("status of 503", "ERR_CONNECTION_REFUSED"))
+        watched.close()
