@@ -12,7 +12,7 @@ import base64
 import binascii
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from .errors import BadRequest

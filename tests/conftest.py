@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 

@@ -80,6 +80,7 @@ import logging
 import math
 import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -301,6 +302,38 @@ class MusicGenEngine:
 
     # -- generation --------------------------------------------------------
 
+    def _row_states(self, plans: list[_Plan]) -> dict[int, RowState]:
+        states = {p.index: RowState(p.index, p.max_new_tokens, p.request.on_progress, p.request.should_stop)
+                  for p in plans}
+        for p in plans:
+            if p.request.on_audio is not None:
+                states[p.index].streamer = RowStreamer(p.request.on_audio, p.new_frames,
+                                                       p.total_samples - p.prompt.shape[1], self.hop_length)
+        return states
+
+    @contextmanager
+    def _session(self, on_step: OnStep | None):
+        """One generate call at a time, at this engine's CPU thread count; yields the caller-wide step hook
+        (once ``on_step`` returned True it keeps answering True, so later groups are canceled too)."""
+        with self._lock:
+            if self.closed:
+                raise RuntimeError(f"engine for {self.model_ref} is closed")
+            threads_before = torch.get_num_threads()
+            if self.cpu_threads:
+                torch.set_num_threads(self.cpu_threads)
+            canceled: list[int] = []
+
+            def step_hook(step: int, total: int) -> bool:
+                if on_step is not None and on_step(step, total):
+                    canceled.append(step)
+                return bool(canceled)
+
+            step_hook.canceled = canceled  # type: ignore[attr-defined]
+            try:
+                yield step_hook
+            finally:
+                torch.set_num_threads(threads_before)
+
     def _run(self, plans: list[_Plan], count: int, on_step: OnStep | None) -> list:
         outcomes: list = [None] * count
         if not plans:
@@ -309,42 +342,21 @@ class MusicGenEngine:
         for plan in plans:
             groups.setdefault(plan.guided, []).append(plan)
         steps_overall = sum(max(p.max_new_tokens for p in group) for group in groups.values())
-        states = {p.index: RowState(p.index, p.max_new_tokens, p.request.on_progress, p.request.should_stop)
-                  for p in plans}
-        for p in plans:
-            if p.request.on_audio is not None:
-                states[p.index].streamer = RowStreamer(p.request.on_audio, p.new_frames,
-                                                       p.total_samples - p.prompt.shape[1], self.hop_length)
-        with self._lock:
-            if self.closed:
-                raise RuntimeError(f"engine for {self.model_ref} is closed")
-            threads_before = torch.get_num_threads()
-            if self.cpu_threads:
-                torch.set_num_threads(self.cpu_threads)
-            canceled_all = []
-
-            def step_hook(step: int, total: int) -> bool:
-                if on_step is not None and on_step(step, total):
-                    canceled_all.append(step)
-                return bool(canceled_all)
-
-            try:
-                steps_before = 0
-                for group in groups.values():
-                    rows = [states[p.index] for p in group]
-                    if canceled_all:
-                        for row in rows:
-                            row.cancel(0)
-                    audio = self._run_group(group, rows, step_hook, steps_before, steps_overall)
-                    steps_before += max(p.max_new_tokens for p in group)
-                    for plan, row in zip(group, rows):
-                        if row.status == DONE:
-                            outcomes[plan.index] = GenerationResult(audio=audio[plan.index],
-                                                                    sample_rate=self.sample_rate)
-                        else:
-                            outcomes[plan.index] = row.error
-            finally:
-                torch.set_num_threads(threads_before)
+        states = self._row_states(plans)
+        with self._session(on_step) as step_hook:
+            steps_before = 0
+            for group in groups.values():
+                rows = [states[p.index] for p in group]
+                if step_hook.canceled:
+                    for row in rows:
+                        row.cancel(0)
+                audio = self._run_group(group, rows, step_hook, steps_before, steps_overall)
+                steps_before += max(p.max_new_tokens for p in group)
+                for plan, row in zip(group, rows):
+                    if row.status == DONE:
+                        outcomes[plan.index] = GenerationResult(audio=audio[plan.index], sample_rate=self.sample_rate)
+                    else:
+                        outcomes[plan.index] = row.error
         return outcomes
 
     def _run_group(self, group: list[_Plan], rows: list[RowState], on_step: OnStep | None,

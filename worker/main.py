@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import signal
 import sys
 import threading
 import time

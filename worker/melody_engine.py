@@ -56,7 +56,6 @@ from worker.batching import DONE, RUNNING, BatchOver, RowState, StepMonitor
 from worker.device import pick_device
 from worker.engine import GenerationResult, MusicGenEngine, OnStep, _Plan
 from worker.sampling import RowSampler
-from worker.streaming import RowStreamer
 
 __all__ = ["ChromaExtractor", "MelodyEngine"]
 
@@ -182,45 +181,24 @@ class MelodyEngine(MusicGenEngine):
         if not plans:
             return outcomes
         steps_overall = sum(p.max_new_tokens for p in plans)
-        rows = {p.index: RowState(p.index, p.max_new_tokens, p.request.on_progress, p.request.should_stop)
-                for p in plans}
-        for p in plans:
-            on_audio = getattr(p.request, "on_audio", None)
-            if on_audio is not None:
-                rows[p.index].streamer = RowStreamer(on_audio, p.new_frames, p.total_samples - p.prompt.shape[1],
-                                                     self.hop_length)
-        with self._lock:
-            if self.closed:
-                raise RuntimeError(f"engine for {self.model_ref} is closed")
-            threads_before = torch.get_num_threads()
-            if self.cpu_threads:
-                torch.set_num_threads(self.cpu_threads)
-            canceled_all = []
-
-            def step_hook(step: int, total: int) -> bool:
-                if on_step is not None and on_step(step, total):
-                    canceled_all.append(step)
-                return bool(canceled_all)
-
-            try:
-                steps_before = 0
-                for plan in plans:
-                    row = rows[plan.index]
-                    if canceled_all:
-                        row.cancel(0)
-                    audio = None
-                    try:
-                        audio = self._generate_row(plan, row, step_hook, steps_before, steps_overall)
-                    except Exception as exc:  # noqa: BLE001 - this row's own failure
-                        self._fail(row, exc)
-                        self._release_memory()
-                    steps_before += plan.max_new_tokens
-                    if row.status == DONE and audio is not None:
-                        outcomes[plan.index] = GenerationResult(audio=audio, sample_rate=self.sample_rate)
-                    else:
-                        outcomes[plan.index] = row.error
-            finally:
-                torch.set_num_threads(threads_before)
+        rows = self._row_states(plans)
+        with self._session(on_step) as step_hook:
+            steps_before = 0
+            for plan in plans:
+                row = rows[plan.index]
+                if step_hook.canceled:
+                    row.cancel(0)
+                audio = None
+                try:
+                    audio = self._generate_row(plan, row, step_hook, steps_before, steps_overall)
+                except Exception as exc:  # noqa: BLE001 - this row's own failure
+                    self._fail(row, exc)
+                    self._release_memory()
+                steps_before += plan.max_new_tokens
+                if row.status == DONE and audio is not None:
+                    outcomes[plan.index] = GenerationResult(audio=audio, sample_rate=self.sample_rate)
+                else:
+                    outcomes[plan.index] = row.error
         return outcomes
 
     def _generate_row(self, plan: _Plan, row: RowState, on_step: OnStep | None,
