@@ -100,7 +100,7 @@ def describe(model_id: str) -> ModelInfo:
     if folder.is_dir():
         try:
             return _from_folder(model_id, folder)
-        except (OSError, ValueError) as exc:  # unreadable or malformed: say so, keep serving
+        except (OSError, ValueError, TypeError, AttributeError) as exc:  # unreadable or malformed: say so, keep serving
             return ModelInfo(model_id, summary=f"local folder (unreadable: {exc})", sample_rate=None,
                              channels=None)
     known = KNOWN.get(model_id)

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 import redis
 
 KEY = "segue:chunks:{}"
-# Long enough for any client to catch up after the task ends; the finished
-# result is always downloadable from /tasks/<id>/audio afterwards.
+# While a task runs its stream lives an hour past the latest chunk; once the task
+# ended, long enough for a late client to catch up (the finished result is
+# downloadable from /tasks/<id>/audio anyway). Chunks are raw PCM: keeping them
+# longer would only fill Redis's memory.
 TTL_SECONDS = 3600
+ENDED_TTL_SECONDS = 600
 DTYPE = "float32"
 
 
@@ -41,6 +44,11 @@ def publish(connection: redis.Redis, task_id: str, chunk: Chunk) -> None:
                     "ch": chunk.channels, "pcm": chunk.pcm})
     pipe.expire(key, TTL_SECONDS)
     pipe.execute()
+
+
+def ended(connection: redis.Redis, task_id: str) -> None:
+    """The task ended: its chunks go after ``ENDED_TTL_SECONDS``."""
+    connection.expire(KEY.format(task_id), ENDED_TTL_SECONDS)
 
 
 def reset(connection: redis.Redis, task_id: str) -> None:

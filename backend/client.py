@@ -217,7 +217,8 @@ class SegueClient:
 
         Events: ``progress`` ``{"progress": P}``; ``audio`` (a PCM chunk, see the
         API contract); one final ``completed`` / ``failed`` / ``canceled`` with the
-        task document. Raises ``SegueAPIError`` for an error answer (e.g. 404).
+        task document; ``("keepalive", None)`` while nothing else happens. Raises
+        ``SegueAPIError`` for an error answer (e.g. 404).
         """
         # The read timeout only has to outlast the server's ~15 s keep-alive comments.
         response = self._send("GET", f"/tasks/{task_id}/events", stream=True,
@@ -229,7 +230,10 @@ class SegueClient:
             parser = SSEParser()
             try:
                 for chunk in response.iter_content(chunk_size=None):
-                    yield from parser.feed(chunk)
+                    events = list(parser.feed(chunk))
+                    # A chunk without events is a keep-alive comment: say so, so a waiting caller
+                    # can check its deadline while a task sits in the queue.
+                    yield from events or [("keepalive", None)]
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 raise SegueConnectionError(f"the event stream broke: {_short(exc)}") from None
 

@@ -51,8 +51,9 @@ def follow(services: Services, task_id: str, *, max_seconds: float | None = None
             return
         now = time.monotonic()
         if now >= deadline:
-            yield "failed", {"task_id": task_id, "status": doc["status"],
-                             "error": "the event stream's time limit passed before the task ended"}
+            # Not an outcome: the task goes on; clients fall back to polling.
+            yield "timeout", {"task_id": task_id, "status": doc["status"],
+                              "error": "the event stream's time limit passed before the task ended"}
             return
         if now - last_sent >= KEEPALIVE_SECONDS:
             last_sent = now

@@ -21,20 +21,25 @@ EVENTS_DESCRIPTION = """Server-Sent Events following the task until it ends:
 - one final `event: completed` | `failed` | `canceled` whose `data` is the task document without `audio`
   (plus `audio_url` when completed); then the stream ends.
 
-`: keep-alive` comments are sent every 15 s of silence. Each open stream holds one API thread."""
+`: keep-alive` comments are sent every 15 s of silence. If the task has not ended after `SEGUE_JOB_TIMEOUT`
++ 600 s, a non-final `event: timeout` ends the stream (poll `/tasks/{task_id}` then). Each open stream holds
+one API thread."""
 
 STREAM_DESCRIPTION = """The audio chunks of `/events` as binary frames (`application/octet-stream`). Each frame:
 a 4-byte big-endian **total frame length** (these 4 bytes included), a 4-byte big-endian header length, a
 UTF-8 JSON header `{"seq", "sample_rate", "channels", "dtype": "float32", "offset_samples", "final"}`, then the
-raw PCM (little-endian float32, channels interleaved). The last frame has `"final": true`, a `"status"`
-(`completed`, `failed`, `canceled`, or `interrupted` when Redis/MongoDB went away) and no PCM."""
+raw PCM (little-endian float32, channels interleaved). While nothing is generated (e.g. the task is queued)
+a frame with `"keepalive": true` and no PCM is sent every 15 s; skip it. The last frame has `"final": true`,
+a `"status"` (`completed`, `failed`, `canceled`, `timeout` when the stream's time limit passed before the
+task ended, or `interrupted` when Redis/MongoDB went away) and no PCM."""
 
 
 # One event of the stream, as an SSE parser sees it (``data`` is JSON text, see the description).
 SSE_EVENT = {
     "type": "object",
     "properties": {
-        "event": {"type": "string", "enum": ["progress", "audio", "completed", "failed", "canceled", "error"]},
+        "event": {"type": "string",
+                  "enum": ["progress", "audio", "completed", "failed", "canceled", "error", "timeout"]},
         "data": {"type": "string"},
         "id": {"type": "string"},
         "retry": {"type": "integer"},

@@ -145,13 +145,27 @@ def current_progress(services: Services, doc: dict) -> float:
     return max(float(doc.get("progress") or 0.0), live or 0.0)
 
 
+_WORKER_COUNT_TTL = 5.0
+_worker_count: dict[int, tuple[float, int]] = {}
+
+
+def _live_workers(services: Services) -> int:
+    """Live workers, cached a few seconds: counting them scans Redis, and queued tasks are polled often."""
+    now = time.monotonic()
+    cached = _worker_count.get(id(services))
+    if cached is None or now - cached[0] > _WORKER_COUNT_TTL:
+        cached = (now, len(heartbeat.read_all(services.redis)))
+        _worker_count[id(services)] = cached
+    return cached[1]
+
+
 def _eta(services: Services, doc: dict, position: int | None, progress: float) -> float | None:
     status = doc["status"]
     if status not in ("queued", "processing"):
         return None
     batch_seconds = eta.mean_batch_seconds(services.redis)
     if status == "queued":
-        workers = max(1, len(heartbeat.read_all(services.redis)))
+        workers = max(1, _live_workers(services))
         return eta.queued_eta(batch_seconds, position or 1, workers, services.settings.max_batch)
     started = doc.get("started_at")
     elapsed = (utcnow() - started).total_seconds() if started else 0.0
@@ -212,8 +226,9 @@ def cancel_task(services: Services, task_id: str) -> dict:
     doc = load_task(services, task_id)
     if doc["status"] == "queued":
         if services.store.finish(task_id, "canceled", {"error": "canceled by request"}, only_from=("queued",)):
-            services.queue.remove(doc.get("job_id") or task_id)
             webhooks.schedule(services.redis, task_id)
+            # Left on the queue (if Redis fails here), the job is skipped: workers claim only queued tasks.
+            services.queue.remove(doc.get("job_id") or task_id)
         doc = load_task(services, task_id)
     if doc["status"] == "processing":
         cancellation.request_cancel(services.redis, task_id)

@@ -238,6 +238,33 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float, allo
 
 # -- delivery ---------------------------------------------------------------------
 
+def post_within(url: str, body: bytes, headers: dict[str, str], *, timeout: float, allow_private: bool) -> Attempt:
+    """``post`` with a limit on the whole attempt, not only on each socket operation.
+
+    A receiver that trickles its answer a byte at a time would otherwise hold
+    the delivery thread (and every other task's webhook behind it) for as long
+    as it likes. The attempt runs in a daemon thread; past twice ``timeout``
+    it counts as a timeout (retried later) and the thread is left to end when
+    the receiver finally closes.
+    """
+    outcome: list = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(post(url, body, headers, timeout=timeout, allow_private=allow_private))
+        except Refused as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, name="segue-webhook-post", daemon=True)
+    worker.start()
+    worker.join(2 * timeout + 1)
+    if not outcome:
+        return Attempt(None, f"TimeoutError: no complete answer within {2 * timeout + 1:g} s")
+    if isinstance(outcome[0], Refused):
+        raise outcome[0]
+    return outcome[0]
+
+
 def _claim(services: Services, now: float, lease: float) -> str | None:
     claim = services.redis.register_script(_CLAIM)
     member = claim(keys=[DUE_KEY], args=[repr(now), repr(now + lease)])
@@ -278,8 +305,8 @@ def deliver_one(services: Services, task_id: str, *, now: float) -> str | None:
     if settings.webhook_secret:
         headers["X-Segue-Signature"] = sign(settings.webhook_secret, timestamp, body)
     try:
-        attempt = post(url, body, headers, timeout=settings.webhook_timeout,
-                       allow_private=settings.allow_private_urls)
+        attempt = post_within(url, body, headers, timeout=settings.webhook_timeout,
+                              allow_private=settings.allow_private_urls)
     except Refused as exc:
         attempt, retry = Attempt(None, str(exc)), False
     else:

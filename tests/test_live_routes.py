@@ -246,3 +246,13 @@ def test_continue_streams_too(client, run_worker):
     streamed = pcm_of([d for n, d in events if n == "audio"])
     assert events[-1][0] == "completed"
     assert abs(streamed.shape[1] / 32000 - 4.0) < 0.05  # 6 s window minus the 2 s prompt, at the model's rate
+
+
+def test_a_stream_past_its_time_limit_ends_with_a_non_final_timeout(client, services, media_server):
+    from backend import live
+
+    task_id = submit(client, media_server)  # no worker: it stays queued
+    events = list(live.follow(services, task_id, max_seconds=0.6))
+    assert [kind for kind, _ in events] == ["progress", "timeout"]
+    assert events[-1][1]["status"] == "queued"
+    assert client.get(f"/tasks/{task_id}").get_json()["status"] == "queued"  # the task itself goes on

@@ -299,3 +299,32 @@ def test_https_is_verified_against_the_host_name_not_the_address(tmp_path):
     assert receiver.received[0][0]["Host"] == f"localhost:{receiver.server.server_address[1]}"
     assert untrusted.status is None and "CERTIFICATE_VERIFY_FAILED" in untrusted.error
     assert by_address.status is None and "CERTIFICATE_VERIFY_FAILED" in by_address.error
+
+
+def test_a_receiver_that_trickles_its_answer_cannot_hold_the_sender(settings):
+    """Each socket read meets the timeout, but the whole attempt is bounded: the slow receiver is a timeout."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+            if stop.wait(0.3):
+                break
+            conn.sendall(bytes([byte]))
+        conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    started = time.monotonic()
+    attempt = webhooks.post_within(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", b"{}", {}, timeout=0.5,
+                                   allow_private=True)
+    elapsed = time.monotonic() - started
+    stop.set()
+    listener.close()
+    assert attempt.status is None and "TimeoutError" in attempt.error and attempt.retryable
+    assert elapsed < 3.0  # 2 x timeout + 1 s, not the ~11 s the trickle would take

@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
@@ -210,7 +211,10 @@ def _cancel_check(rt: runtime.Runtime, task_id: str):
         now = time.monotonic()
         if not state["requested"] and now - state["checked"] >= CANCEL_POLL_SECONDS:
             state["checked"] = now
-            state["requested"] = cancellation.is_requested(rt.services.redis, task_id)
+            try:
+                state["requested"] = cancellation.is_requested(rt.services.redis, task_id)
+            except redis.RedisError as exc:  # a Redis blip must not fail the generation; ask again later
+                log.warning("could not check task %s for a cancel request: %s", task_id, exc)
         return state["requested"]
 
     return should_stop
@@ -231,7 +235,9 @@ def _fail(rt: runtime.Runtime, run: TaskRun, timeout: int) -> None:
 
 
 def _schedule_webhook(rt: runtime.Runtime, task_id: str) -> None:
+    """What follows a task's end: its webhook, and a short life for its streamed chunks."""
     try:
+        chunks.ended(rt.services.redis, task_id)
         webhooks.schedule(rt.services.redis, task_id)
     except Exception as exc:  # the task's outcome is stored; a lost callback must not undo it
         log.warning("could not schedule the webhook of task %s: %s", task_id, exc)

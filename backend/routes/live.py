@@ -93,8 +93,11 @@ def stream(task_id: str):
                 if kind == "audio":
                     seq = payload.seq + 1
                     yield _frame(payload.header(), payload.pcm)
-                elif kind in ("completed", "failed", "canceled"):
+                elif kind in ("completed", "failed", "canceled", "timeout"):
                     status = kind
+                elif kind == "keepalive":  # lets the server notice a client that went away
+                    yield _frame({"seq": None, "sample_rate": None, "channels": None, "dtype": DTYPE,
+                                  "offset_samples": None, "final": False, "keepalive": True})
         except (redis.RedisError, PyMongoError) as exc:
             log.warning("audio stream of %s ended: %s", task_id, exc)
             status = "interrupted"

@@ -13,10 +13,17 @@ export class LivePlayer {
   reset() {
     this.stop();
     this.chunks = [];
+    this.expected = 0;
   }
 
-  add(samples, channels, sampleRate) {
-    const chunk = { samples, channels, sampleRate };
+  // offset: where the chunk starts within the continuation, in samples. A retried task streams again from 0
+  // to a listener that stays connected: what was already received is not played twice.
+  add(samples, channels, sampleRate, offset = this.expected ?? 0) {
+    const end = offset + Math.floor(samples.length / channels);
+    if (end <= (this.expected ?? 0)) return;
+    const skip = Math.max(0, (this.expected ?? 0) - offset) * channels;
+    const chunk = { samples: skip ? samples.subarray(skip) : samples, channels, sampleRate };
+    this.expected = end;
     this.chunks.push(chunk);
     if (this.playing) this.schedule(chunk);
   }

@@ -282,7 +282,7 @@ async function track(entry, showProgress) {
       }
       const samples = decodePcmChunk(chunk.pcm);
       waveform.addLiveChunk(samples, chunk.channels || 1, chunk.sample_rate || 32000);
-      livePlayer.add(samples, chunk.channels || 1, chunk.sample_rate || 32000);
+      livePlayer.add(samples, chunk.channels || 1, chunk.sample_rate || 32000, chunk.offset_samples);
     },
   };
   try {
