@@ -7,17 +7,12 @@ browser download (``playwright install``) is never used.
 
 from __future__ import annotations
 
-import os
 import shutil
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-from backend.embedded import free_port
 from tests.conftest import ARTIFACTS
 
 CHROMIUM = "/usr/bin/chromium"
@@ -90,19 +85,6 @@ def horizontal_overflow(page) -> int:
     return page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
 
 
-@contextmanager
-def serve_app(app):
-    """Serve a Flask app from a thread on a free loopback port (for pages that need no worker)."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-
-
 def canvas_ink(page, selector: str) -> float:
     """Fraction of the canvas' pixels that are not transparent: 0 for a blank canvas."""
     return page.eval_on_selector(selector, """canvas => {
@@ -125,16 +107,11 @@ def full_stack(tiny_model, tmp_path_factory):
     Each browser test module imports this fixture, which gives pytest one definition per module; the module-level
     registry makes them share a single running stack, stopped when the last user is torn down.
     """
-    from tests.test_stack import Stack
+    from tests.test_stack import Stack, make_stack_env
 
     if _STACK["stack"] is None:
         tmp = tmp_path_factory.mktemp("browser-stack")
-        env = dict(os.environ)
-        for key in ("REDIS_URL", "MONGO_URL"):
-            env.pop(key, None)
-        env.update(SEGUE_MODELS=str(tiny_model), SEGUE_DATA_DIR=str(tmp / "var"), PORT=str(free_port()),
-                   EXPRESS_PORT=str(free_port()), SEGUE_ALLOW_PRIVATE_URLS="1", SEGUE_HEARTBEAT_SECONDS="2",
-                   SEGUE_API_WORKERS="1", SEGUE_HOST="127.0.0.1")
+        env = make_stack_env(tiny_model, tmp / "var", SEGUE_API_WORKERS="1")
         stack = Stack(env, tmp / "stack.log")
         stack.start()
         _STACK["stack"] = stack

@@ -12,7 +12,9 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,21 @@ def run_worker(settings):
         worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
 
     return run
+
+
+@contextmanager
+def serve_app(app, join_timeout: float = 10.0):
+    """Serve a Flask app over real HTTP from a thread on a free loopback port; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(join_timeout)
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message: str = "condition"):

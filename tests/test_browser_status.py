@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from backend.embedded import free_port
 from tests.browser import (PHONE, WALL, browser, full_stack, horizontal_overflow, open_page,  # noqa: F401
-                           screenshot, serve_app)
+                           screenshot)
+from tests.conftest import serve_app
 
 COMPONENTS = ("api", "mongodb", "redis", "pytorch", "sidecar")
 

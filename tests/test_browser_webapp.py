@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from tests.browser import (DESKTOP, PHONE, browser, canvas_ink, full_stack, horizontal_overflow,  # noqa: F401
-                           open_page, screenshot, serve_app)
+                           open_page, screenshot)
+from tests.conftest import serve_app
 
 GENERATE_TIMEOUT_MS = 150_000
 STATUS_4XX = "the server responded with a status of 4"

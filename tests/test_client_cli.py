@@ -8,13 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import soundfile as sf
-from werkzeug.serving import make_server
 
 from backend import cli, heartbeat
 from backend.app import create_app
@@ -22,25 +20,13 @@ from backend.auth import key_digest
 from backend.client import SegueAPIError, SegueClient, SegueConnectionError, SegueTaskError, SSEParser
 from backend.embedded import free_port
 from backend.ids import new_task_id
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, serve_app, wait_for
 from tests.media_server import make_click_track, wav_bytes
-
-
-@contextmanager
-def serve(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(5)
 
 
 @pytest.fixture
 def api(app):
-    with serve(app) as url:
+    with serve_app(app) as url:
         yield url
 
 
@@ -270,7 +256,7 @@ def test_cli_status_and_cancel(api, app, services, capsys):
 
 def test_api_key_is_sent_when_configured(settings, capsys):
     app = create_app(settings=settings.with_(api_keys=(key_digest("sesame"),)))
-    with serve(app) as url:
+    with serve_app(app) as url:
         with pytest.raises(SegueAPIError) as caught:
             SegueClient(url).task("0" * 32)
         assert caught.value.status == 401 and caught.value.code == "missing_api_key"

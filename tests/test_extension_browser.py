@@ -23,17 +23,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import requests
 
-from backend.embedded import free_port
 from tests.conftest import ARTIFACTS, ROOT
 from tests.media_server import MediaServer, make_click_track, wav_bytes
-from tests.test_stack import Stack
+from tests.test_stack import Stack, make_stack_env
 
 CHROMIUM = "/usr/bin/chromium"
 EXTENSION = ROOT / "extension"
@@ -136,13 +134,8 @@ def auth(api_key: str = API_KEY) -> dict:
 def keyed_stack(tiny_model, tmp_path_factory):
     """One stack for this module (started as tests/test_stack.py does), with API keys on."""
     tmp = tmp_path_factory.mktemp("extension-stack")
-    env = dict(os.environ)
-    for key in ("REDIS_URL", "MONGO_URL"):
-        env.pop(key, None)
-    env.update(SEGUE_MODELS=str(tiny_model), SEGUE_DATA_DIR=str(tmp / "var"), PORT=str(free_port()),
-               EXPRESS_PORT=str(free_port()), SEGUE_ALLOW_PRIVATE_URLS="1", SEGUE_HEARTBEAT_SECONDS="2",
-               SEGUE_API_WORKERS="1", SEGUE_HOST="127.0.0.1",
-               SEGUE_API_KEYS=hashlib.sha256(API_KEY.encode()).hexdigest())
+    env = make_stack_env(tiny_model, tmp / "var", SEGUE_API_WORKERS="1",
+                         SEGUE_API_KEYS=hashlib.sha256(API_KEY.encode()).hexdigest())
     stack = Stack(env, tmp / "stack.log")
     stack.start()
     try:

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -68,15 +67,21 @@ def _listening(process: psutil.Process):
         return []
 
 
-@pytest.fixture
-def stack_env(tiny_model, tmp_path):
+def make_stack_env(tiny_model, data_dir, **extra: str) -> dict:
+    """The environment `make run` gets for a test stack: embedded servers, the tiny model, free ports."""
     env = dict(os.environ)
     for key in ("REDIS_URL", "MONGO_URL"):
         env.pop(key, None)
-    env.update(SEGUE_MODELS=str(tiny_model), SEGUE_DATA_DIR=str(tmp_path / "var"), PORT=str(free_port()),
+    env.update(SEGUE_MODELS=str(tiny_model), SEGUE_DATA_DIR=str(data_dir), PORT=str(free_port()),
                EXPRESS_PORT=str(free_port()), SEGUE_ALLOW_PRIVATE_URLS="1",
                SEGUE_HEARTBEAT_SECONDS="2", SEGUE_API_WORKERS="2", SEGUE_HOST="127.0.0.1")
+    env.update(extra)
     return env
+
+
+@pytest.fixture
+def stack_env(tiny_model, tmp_path):
+    return make_stack_env(tiny_model, tmp_path / "var")
 
 
 def poll_task(api: str, task_id: str, timeout: float = 180) -> dict:

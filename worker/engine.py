@@ -176,6 +176,8 @@ class _Plan:
 class MusicGenEngine:
     """One MusicGen model and processor, loaded once, continuing prompts."""
 
+    MODEL_CLASS = MusicgenForConditionalGeneration
+
     def __init__(self, model_ref: str, device: str = "auto", half_precision: bool = True,
                  cpu_threads: int = 0):
         self.model_ref = model_ref
@@ -185,10 +187,10 @@ class MusicGenEngine:
         self.device = str(torch_device)
         # EnCodec has no attention and rejects a blanket "sdpa", so name the
         # submodels that have attention.
-        self.model = MusicgenForConditionalGeneration.from_pretrained(
+        self.model = self.MODEL_CLASS.from_pretrained(
             model_ref, dtype=dtype, attn_implementation={"decoder": "sdpa", "text_encoder": "sdpa"}
         ).to(torch_device).eval()
-        self.processor = AutoProcessor.from_pretrained(model_ref)
+        self._load_preprocessing(model_ref)
 
         audio_config = self.model.config.audio_encoder
         self.sample_rate: int = int(audio_config.sampling_rate)
@@ -201,6 +203,9 @@ class MusicGenEngine:
         self.num_parameters: int = sum(p.numel() for p in self.model.parameters())
         self._lock = threading.Lock()  # hooks are installed per call; one call at a time
         self.cpu_threads = cpu_threads or self._default_cpu_threads()
+
+    def _load_preprocessing(self, model_ref: str) -> None:
+        self.processor = AutoProcessor.from_pretrained(model_ref)
 
     def _default_cpu_threads(self) -> int:
         # A tiny model's per-step ops are so small that a second CPU thread

@@ -227,18 +227,18 @@ def _fail(rt: runtime.Runtime, run: TaskRun, timeout: int) -> None:
         status, message = "failed", describe_failure(run.error, timeout)
     if rt.services.store.finish(run.task_id, status, {"error": message, "progress": run.reporter.value},
                                 only_from=("processing",)):
-        _schedule_webhook(rt, run.task_id)
+        _after_task_ended(rt, run.task_id)
         _record_task(rt, run, status)
     run.done = True
     log.warning("task %s %s: %s", run.task_id, status, message,
                 exc_info=run.error if not isinstance(run.error, (SegueError, GenerationCanceled)) else None)
 
 
-def _schedule_webhook(rt: runtime.Runtime, task_id: str) -> None:
+def _after_task_ended(rt: runtime.Runtime, task_id: str) -> None:
     """What follows a task's end: its webhook, and a short life for its streamed chunks."""
     try:
-        chunks.ended(rt.services.redis, task_id)
         webhooks.schedule(rt.services.redis, task_id)
+        chunks.ended(rt.services.redis, task_id)
     except Exception as exc:  # the task's outcome is stored; a lost callback must not undo it
         log.warning("could not schedule the webhook of task %s: %s", task_id, exc)
 
@@ -273,7 +273,7 @@ def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) 
         log.info("task %s ended elsewhere while running; result discarded", task_id)
         return
     rt.services.progress.raise_to(task_id, 100.0)
-    _schedule_webhook(rt, task_id)
+    _after_task_ended(rt, task_id)
     # New audio only: a /continue result also holds the input clip, a /generate one its prompt.
     given = doc["request"].get("input_seconds") if doc["kind"] == "continue" else outcome.prompt_seconds
     _record_task(rt, run, "completed", max(0.0, fields["duration_seconds"] - float(given or 0.0)))

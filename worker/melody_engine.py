@@ -37,7 +37,6 @@ conditioned differently, and this module is about that difference:
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import soxr
@@ -53,7 +52,6 @@ from transformers.audio_utils import chroma_filter_bank
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
 from worker.batching import DONE, RUNNING, BatchOver, RowState, StepMonitor
-from worker.device import pick_device
 from worker.engine import GenerationResult, MusicGenEngine, OnStep, _Plan
 from worker.sampling import RowSampler
 
@@ -110,35 +108,19 @@ class ChromaExtractor:
 class MelodyEngine(MusicGenEngine):
     """One MusicGen melody model, loaded once, continuing prompts (the ``MusicGenEngine`` interface)."""
 
+    MODEL_CLASS = MusicgenMelodyForConditionalGeneration
+
     def __init__(self, model_ref: str, device: str = "auto", half_precision: bool = True,
                  cpu_threads: int = 0):
-        self.model_ref = model_ref
-        torch_device, dtype = pick_device(device, half_precision)
-        self._torch_device = torch_device
-        self._dtype = dtype
-        self.device = str(torch_device)
-        # EnCodec has no attention and rejects a blanket "sdpa".
-        self.model = MusicgenMelodyForConditionalGeneration.from_pretrained(
-            model_ref, dtype=dtype, attn_implementation={"decoder": "sdpa", "text_encoder": "sdpa"}
-        ).to(torch_device).eval()
+        super().__init__(model_ref, device=device, half_precision=half_precision, cpu_threads=cpu_threads)
+        self.num_chroma: int = int(self.model.config.num_chroma)
+        self.chroma_length: int = int(self.model.config.chroma_length)
+
+    def _load_preprocessing(self, model_ref: str) -> None:
         # Not AutoProcessor: MusicgenMelodyProcessor needs torchaudio (see ChromaExtractor).
         self.tokenizer = AutoTokenizer.from_pretrained(model_ref)
         self.chroma = ChromaExtractor.from_pretrained(model_ref)
         self.processor = None
-
-        config = self.model.config
-        self.sample_rate: int = int(config.audio_encoder.sampling_rate)
-        self.channels: int = int(config.decoder.audio_channels)
-        self.hop_length: int = int(config.audio_encoder.hop_length)
-        self.frame_rate: float = self.sample_rate / self.hop_length
-        self.num_codebooks: int = int(config.decoder.num_codebooks)
-        self.codebooks_per_channel: int = self.num_codebooks // self.channels
-        self.pad_token: int = int(self.model.generation_config.pad_token_id)
-        self.num_chroma: int = int(config.num_chroma)
-        self.chroma_length: int = int(config.chroma_length)
-        self.num_parameters: int = sum(p.numel() for p in self.model.parameters())
-        self._lock = threading.Lock()  # one generate call at a time
-        self.cpu_threads = cpu_threads or self._default_cpu_threads()
 
     # -- conditioning ------------------------------------------------------
 

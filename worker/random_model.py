@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import (
@@ -171,15 +172,25 @@ def _randomize_codebooks(model: MusicgenForConditionalGeneration) -> None:
             module.cluster_size.fill_(1.0)
 
 
-def _build(path: Path, recipe: dict, config: MusicgenConfig, seed: int) -> Path:
+def build_folder(path: Path, recipe: dict, write: Callable[[Path], None]) -> Path:
+    """The folder at ``path`` as ``write(staging)`` fills it, built once per ``recipe`` (see the module docstring)."""
     path = Path(path)
-    recipe = {**recipe, "version": RECIPE_VERSION}
-    built = _built_recipe(path)
-    if built == recipe:
+    if _built_recipe(path) == recipe:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
     try:
+        write(staging)
+        (staging / RECIPE_FILE).write_text(json.dumps(recipe))
+        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is not secret
+        _move_into_place(staging, path, recipe)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _build(path: Path, recipe: dict, config: MusicgenConfig, seed: int) -> Path:
+    def write(staging: Path) -> None:
         torch.manual_seed(seed)
         model = MusicgenForConditionalGeneration(config).eval()
         with torch.no_grad():
@@ -192,12 +203,8 @@ def _build(path: Path, recipe: dict, config: MusicgenConfig, seed: int) -> Path:
             chunk_length_s=None, overlap=None,
         )
         MusicgenProcessor(feature_extractor, _t5_tokenizer(config.text_encoder.vocab_size)).save_pretrained(staging)
-        (staging / RECIPE_FILE).write_text(json.dumps(recipe))
-        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is not secret
-        _move_into_place(staging, path, recipe)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+
+    return build_folder(path, {**recipe, "version": RECIPE_VERSION}, write)
 
 
 def _move_into_place(staging: Path, path: Path, recipe: dict) -> None:
@@ -235,13 +242,18 @@ _BUILDERS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_cli(builders: dict[str, Callable[[str], Path]], module: str, argv: list[str] | None) -> int:
+    """``python -m <module> KIND PATH``: build (or reuse) the folder and print its path."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in _BUILDERS:
-        print(f"usage: python -m worker.random_model {'|'.join(_BUILDERS)} PATH", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in builders:
+        print(f"usage: python -m {module} {'|'.join(builders)} PATH", file=sys.stderr)
         return 2
-    print(_BUILDERS[argv[0]](argv[1]))
+    print(builders[argv[0]](argv[1]))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_BUILDERS, "worker.random_model", argv)
 
 
 if __name__ == "__main__":

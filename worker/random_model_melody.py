@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,16 +31,15 @@ from transformers import MusicgenMelodyConfig, MusicgenMelodyDecoderConfig, Musi
 
 from worker.random_model import (
     CODEBOOK_SIZE,
-    RECIPE_FILE,
     RECIPE_VERSION,
     SAMPLE_RATE,
     SPECIAL_AUDIO_TOKEN,
-    _built_recipe,
     _encodec_32khz,
     _generation_config,
-    _move_into_place,
     _randomize_codebooks,
     _t5_tokenizer,
+    build_folder,
+    run_cli,
     tiny_config,
 )
 
@@ -103,11 +100,8 @@ def build_tiny_melody(path: str | os.PathLike, *, seed: int = 0, stereo: bool = 
     path = Path(path)
     recipe = {"kind": "tiny-stereo-melody" if stereo else "tiny-melody", "seed": seed,
               "version": RECIPE_VERSION, "melody_version": MELODY_RECIPE_VERSION}
-    if _built_recipe(path) == recipe:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
-    try:
+
+    def write(staging: Path) -> None:
         config = tiny_melody_config(stereo)
         torch.manual_seed(seed)
         model = MusicgenMelodyForConditionalGeneration(config).eval()
@@ -121,12 +115,8 @@ def build_tiny_melody(path: str | os.PathLike, *, seed: int = 0, stereo: bool = 
         model.save_pretrained(staging)
         _t5_tokenizer(config.text_encoder.vocab_size).save_pretrained(staging)
         (staging / "processor_config.json").write_text(json.dumps(processor_config(), indent=2) + "\n")
-        (staging / RECIPE_FILE).write_text(json.dumps(recipe))
-        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is not secret
-        _move_into_place(staging, path, recipe)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+
+    return build_folder(path, recipe, write)
 
 
 _BUILDERS = {
@@ -136,12 +126,7 @@ _BUILDERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] not in _BUILDERS:
-        print(f"usage: python -m worker.random_model_melody {'|'.join(_BUILDERS)} PATH", file=sys.stderr)
-        return 2
-    print(_BUILDERS[argv[0]](argv[1]))
-    return 0
+    return run_cli(_BUILDERS, "worker.random_model_melody", argv)
 
 
 if __name__ == "__main__":
