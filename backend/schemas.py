@@ -33,7 +33,10 @@ def _number(name: str, raw: Any) -> float:
     if isinstance(raw, bool):
         raise FieldError(f"'{name}' must be a number, got {raw!r}")
     if isinstance(raw, (int, float)):
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:  # an integer too large for a float is no duration, seed or setting
+            raise FieldError(f"'{name}' is too large a number") from None
     elif isinstance(raw, str) and raw.strip():
         try:
             value = float(raw.strip())
