@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import worker.engine as engine_module
+import worker.engine.generate_engine as engine_module
 from worker.engine import GenerationCanceled, GenerationRequest, GenerationResult, MusicGenEngine
 from tests.conftest import noise
 from worker.sampling import RowSampler

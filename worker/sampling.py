@@ -47,6 +47,18 @@ def warp(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
     return logits
 
 
+def draw(logits: torch.Tensor, uncond: torch.Tensor | None, settings: SamplingSettings,
+         generator: torch.Generator) -> torch.Tensor:
+    """One request's tokens for one step: ``logits`` ``(num_codebooks, vocab)``, ``uncond`` the same rows
+    unconditioned (or None without guidance); returns ``(num_codebooks,)`` drawn with ``generator``.
+
+    Both engines sample through this one function, so a seed means the same thing in each."""
+    if uncond is not None:
+        logits = uncond + (logits - uncond) * settings.cfg_coef
+    probs = warp(logits, settings).softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
 class RowSampler(LogitsProcessor):
     """Samples each request's codebook rows with its own settings and generator.
 
@@ -74,12 +86,8 @@ class RowSampler(LogitsProcessor):
             if not self.active[r]:
                 continue
             span = slice(r * self.num_codebooks, (r + 1) * self.num_codebooks)
-            logits = scores[span]
-            if self.guided:
-                uncond = scores[rows + span.start : rows + span.stop]
-                logits = uncond + (logits - uncond) * settings.cfg_coef
-            probs = warp(logits, settings).softmax(dim=-1)
-            tokens[span] = torch.multinomial(probs, 1, generator=self.generators[r]).squeeze(1)
+            uncond = scores[rows + span.start : rows + span.stop] if self.guided else None
+            tokens[span] = draw(scores[span], uncond, settings, self.generators[r])
         self.last_tokens = tokens
         chosen = tokens.repeat(2) if self.guided else tokens
         out = torch.full_like(scores, float("-inf"))

@@ -1,0 +1,139 @@
+"""One forward pass of MusicGen's decoder over cached rows: a prefill chunk or a decoding step.
+
+The weights and layers are transformers' own (``MusicgenForCausalLM``: the
+per-codebook embeddings, the sinusoidal positions, the decoder layers, the
+final norm and the per-codebook LM heads); only the loop around them is
+ours, so each row can sit at its own position in a ``KVCache`` and rows can
+join and leave between steps. The layer arithmetic follows
+``MusicgenDecoderLayer.forward`` in transformers 5.23 (pre-norm self-
+attention, cross-attention, GELU MLP; no embedding scale, no biases in
+attention), and ``tests/test_engine_v2_step`` checks the logits against
+``MusicgenForConditionalGeneration``'s own forward pass.
+
+The layers' submodules are called one by one (``q_proj``, ``fc1``, ...), so a
+decoder whose ``Linear`` layers were swapped for int8 ones (``quantize``)
+runs unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.functional import scaled_dot_product_attention
+
+from worker.engine.kv_cache import KVCache
+
+
+class DecoderStep:
+    def __init__(self, decoder, cache: KVCache, text_projection=None):
+        """``decoder``: a ``MusicgenForCausalLM``; ``text_projection``: the parent model's ``enc_to_dec_proj``
+        when the text encoder's width differs from the decoder's (else None)."""
+        self.decoder = decoder
+        self.body = decoder.model.decoder  # MusicgenDecoder
+        self.layers = list(self.body.layers)
+        self.heads = decoder.config.num_attention_heads
+        self.width = decoder.config.hidden_size
+        self.head_dim = self.width // self.heads
+        self.num_codebooks = decoder.config.num_codebooks
+        self.cache = cache
+        self.text_projection = text_projection
+        positions = self.body.embed_positions
+        if positions.weights.shape[0] < cache.max_positions:
+            positions.make_weights(cache.max_positions, positions.embedding_dim)
+        self.position_table = positions.weights
+
+    # -- text ----------------------------------------------------------------
+
+    def set_text(self, rows: slice, states: torch.Tensor | None, guided: bool) -> None:
+        """Cross-attention keys/values of one task, once: ``states`` ``(text, width)`` from the text encoder.
+
+        With guidance the second row is the unconditional one: no text at all (zero states, fully
+        masked), as transformers builds it for ``guidance_scale > 1``."""
+        if self.text_projection is not None:
+            states = self.text_projection(states)
+        batch = torch.stack([states, torch.zeros_like(states)]) if guided else states[None]
+        keys, values = [], []
+        for layer in self.layers:
+            attention = layer.encoder_attn
+            keys.append(self._split(attention.k_proj(batch)))
+            values.append(self._split(attention.v_proj(batch)))
+        self.cache.set_cross(rows, keys, values, [True, False] if guided else [True])
+
+    # -- forward passes --------------------------------------------------------
+
+    def prefill(self, rows: slice, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Positions ``[start, start + C)`` of one task's rows: ``ids`` ``(rows, K, C)``.
+
+        Returns the logits of the chunk's last position, ``(rows, K, vocab)``."""
+        chunk = ids.shape[-1]
+        end = start + chunk
+        positions = torch.arange(start, end, device=ids.device)
+        hidden = self._embed(ids, positions[None].expand(ids.shape[0], -1))
+        keys = torch.arange(end, device=ids.device)
+        mask = torch.zeros((chunk, end), dtype=hidden.dtype, device=ids.device)
+        mask.masked_fill_(keys[None, :] > positions[:, None], self.cache.masked)  # causal
+        mask = mask[None, None]
+
+        def write(layer: int, k: torch.Tensor, v: torch.Tensor):
+            self.cache.write(layer, rows, start, k, v)
+            return self.cache.keys[layer, rows, :, :end], self.cache.values[layer, rows, :, :end]
+
+        hidden = self._layers(hidden, write, mask, rows)
+        return self._logits(hidden[:, -1:])[:, :, 0]
+
+    def decode(self, rows: slice, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One new position for each row of ``rows`` (the running batch: the leading rows): ``ids``
+        ``(rows, K)``, ``positions`` ``(rows,)``, each row's own. Returns logits ``(rows, K, vocab)``
+        for the position after."""
+        window = int(positions.max()) + 1  # attend only as far as the longest row has got
+        hidden = self._embed(ids[:, :, None], positions[:, None])
+        keys = torch.arange(window, device=ids.device)
+        mask = torch.zeros((ids.shape[0], window), dtype=hidden.dtype, device=ids.device)
+        mask.masked_fill_(keys[None, :] > positions[:, None], self.cache.masked)
+        mask = mask[:, None, None]
+
+        def write(layer: int, k: torch.Tensor, v: torch.Tensor):
+            self.cache.write_at(layer, rows, positions, k, v)
+            return self.cache.keys[layer, rows, :, :window], self.cache.values[layer, rows, :, :window]
+
+        return self._logits(self._layers(hidden, write, mask, rows))[:, :, 0]
+
+    # -- parts -----------------------------------------------------------------
+
+    def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # The sum of the codebooks' embeddings (in transformers' order), plus the sinusoidal position.
+        tokens = sum(self.body.embed_tokens[c](ids[:, c]) for c in range(self.num_codebooks))
+        return tokens + self.position_table[positions].to(tokens.dtype)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        # (batch, length, width) -> (batch, heads, length, head_dim)
+        return x.view(*x.shape[:-1], self.heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.width)
+
+    def _layers(self, hidden: torch.Tensor, write, mask: torch.Tensor, rows: slice) -> torch.Tensor:
+        text = max(self.cache.text_lengths[rows], default=0)
+        cross_mask = self.cache.cross_mask[rows, None, None, :text]
+        for index, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            x = layer.self_attn_layer_norm(hidden)
+            query = self._split(attention.q_proj(x))
+            keys, values = write(index, self._split(attention.k_proj(x)), self._split(attention.v_proj(x)))
+            x = scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=attention.scaling)
+            hidden = hidden + attention.out_proj(self._merge(x))
+
+            attention = layer.encoder_attn
+            x = layer.encoder_attn_layer_norm(hidden)
+            query = self._split(attention.q_proj(x))
+            x = scaled_dot_product_attention(query, self.cache.cross_keys[index, rows, :, :text],
+                                             self.cache.cross_values[index, rows, :, :text],
+                                             attn_mask=cross_mask, scale=attention.scaling)
+            hidden = hidden + attention.out_proj(self._merge(x))
+
+            x = layer.final_layer_norm(hidden)
+            hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+        return self.body.layer_norm(hidden)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # (rows, C, width) -> (rows, K, C, vocab), one head per codebook
+        return torch.stack([head(hidden) for head in self.decoder.lm_heads], dim=1)
