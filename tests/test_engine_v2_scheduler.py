@@ -1,0 +1,177 @@
+"""Engine v2's scheduler against today's engine, on a real tiny MusicGen: same seed, same audio."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tests.conftest import noise
+from tests.test_engine_batching import mixed_requests
+from worker.engine import GenerationCanceled, GenerationRequest, GenerationResult
+from worker.engine.scheduler import Scheduler
+
+
+def audio_of(outcomes: list) -> list[np.ndarray]:
+    assert all(isinstance(o, GenerationResult) for o in outcomes), outcomes
+    return [o.audio for o in outcomes]
+
+
+@pytest.fixture(scope="module")
+def todays(engine):
+    """Today's engine's audio for each of mixed_requests(), each run alone."""
+    return [audio_of(engine.generate_each([r]))[0] for r in mixed_requests()]
+
+
+@pytest.fixture
+def scheduler(engine):
+    return Scheduler(engine, max_rows=8, max_seconds=4.0, max_text=32, prefill_chunk=16)
+
+
+def test_alone_each_task_sounds_exactly_as_with_todays_engine(scheduler, todays):
+    for request, expected in zip(mixed_requests(), todays):
+        (audio,) = audio_of(scheduler.run([request]))
+        assert audio.shape == expected.shape
+        np.testing.assert_array_equal(audio, expected)
+    assert scheduler.idle and scheduler.rows_in_use == 0
+
+
+def test_batched_tasks_sound_as_they_do_alone(scheduler, todays):
+    # Guided and unguided rows share the batch too (today's engine needs separate calls).
+    requests = mixed_requests()
+    requests[2].cfg_coef = 1.0
+    expected = list(todays)
+    expected[2] = audio_of(scheduler.run([dataclasses.replace(requests[2])]))[0]
+    for audio, alone in zip(audio_of(scheduler.run(requests)), expected):
+        np.testing.assert_array_equal(audio, alone)
+
+
+def test_tasks_joining_mid_run_sound_as_they_do_alone(scheduler, todays):
+    requests = mixed_requests()
+    first = [scheduler.submit(r, i) for i, r in enumerate(requests[:2])]
+    for _ in range(12):
+        scheduler.step()
+    assert all(t.drawn > 0 for t in first)
+    later = [scheduler.submit(r, i) for i, r in enumerate(requests[2:], start=2)]
+    scheduler.step()
+    assert scheduler.rows_in_use == 2 + 2 + 2  # a later task holds its rows while it prefills
+    scheduler.run_until_idle()
+    for task, alone in zip(first + later, todays):
+        np.testing.assert_array_equal(task.outcome.audio, alone)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(engine, todays):
+    scheduler = Scheduler(engine, max_rows=4, max_seconds=4.0, max_text=32, prefill_chunk=8)
+    requests = mixed_requests()
+    running = scheduler.submit(requests[0], 0)
+    while running.drawn == 0:
+        scheduler.step()
+    long_prompt = scheduler.submit(requests[1], 1)  # 1.2 s: 61 prompt positions, 8 per iteration
+    drawn_before = running.drawn
+    while long_prompt.drawn == 0:
+        scheduler.step()
+    # Every prefill iteration also decoded the running task one step.
+    assert running.drawn - drawn_before == -(-61 // 8)
+    scheduler.run_until_idle()
+    np.testing.assert_array_equal(running.outcome.audio, todays[0])
+    np.testing.assert_array_equal(long_prompt.outcome.audio, todays[1])
+
+
+def test_a_task_waits_for_free_rows_and_takes_them_when_one_leaves(engine, todays):
+    scheduler = Scheduler(engine, max_rows=4, max_seconds=4.0, max_text=32)
+    tasks = [scheduler.submit(r, i) for i, r in enumerate(mixed_requests()[:3])]  # 3 guided tasks, 2 rows each
+    scheduler.step()
+    scheduler.step()
+    assert tasks[2].phase == "waiting" and scheduler.rows_in_use == 4
+    scheduler.run_until_idle()
+    for task, alone in zip(tasks, todays):
+        np.testing.assert_array_equal(task.outcome.audio, alone)
+
+
+def test_cancel_frees_the_rows_within_one_step_and_leaves_the_others_unchanged(scheduler, todays):
+    requests = mixed_requests()
+    progress: list[int] = []
+    requests[2].on_progress = lambda step, total: progress.append(step)
+    requests[2].should_stop = lambda: len(progress) >= 5
+    tasks = [scheduler.submit(r, i) for i, r in enumerate(requests)]
+    while not tasks[2].done:
+        scheduler.step()
+    assert progress == [1, 2, 3, 4, 5]
+    assert scheduler.rows_in_use == 6  # its two rows are free in the very step it asked
+    scheduler.run_until_idle()
+    assert isinstance(tasks[2].outcome, GenerationCanceled)
+    for i in (0, 1, 3):
+        np.testing.assert_array_equal(tasks[i].outcome.audio, todays[i])
+
+
+def test_a_task_asking_to_stop_before_it_starts_never_takes_rows(scheduler):
+    request = mixed_requests()[0]
+    request.should_stop = lambda: True
+    task = scheduler.submit(request)
+    scheduler.step()
+    assert task.done and isinstance(task.outcome, GenerationCanceled) and scheduler.rows_in_use == 0
+
+
+def test_failures_are_their_own_task_only(scheduler, todays):
+    requests = mixed_requests()
+    requests[1].top_k = 2.5  # passes validation, fails when sampling
+
+    def broken_progress(step: int, total: int) -> None:
+        if step == 4:
+            raise ConnectionError("redis went away")
+
+    requests[3].on_progress = broken_progress
+    requests.append(GenerationRequest(noise(1, 1.0, 32000), 32000, 0.5))  # invalid: fails at submit
+    outcomes = scheduler.run(requests)
+    assert isinstance(outcomes[1], TypeError) and outcomes[1].__traceback__ is None
+    assert isinstance(outcomes[3], ConnectionError)
+    assert isinstance(outcomes[4], ValueError) and "total_seconds" in str(outcomes[4])
+    for i in (0, 2):
+        np.testing.assert_array_equal(outcomes[i].audio, todays[i])
+    assert scheduler.rows_in_use == 0
+
+
+def test_a_request_longer_than_the_cache_fails_alone(scheduler, todays):
+    requests = [GenerationRequest(noise(1, 1.0, 32000), 32000, 6.0), mixed_requests()[0]]
+    outcomes = scheduler.run(requests)
+    assert isinstance(outcomes[0], ValueError) and "positions" in str(outcomes[0])
+    np.testing.assert_array_equal(outcomes[1].audio, todays[0])
+
+
+def test_progress_is_per_task_monotonic_and_reaches_each_total(scheduler):
+    requests = mixed_requests()
+    calls: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(requests))}
+    for i, request in enumerate(requests):
+        request.on_progress = lambda step, total, i=i: calls[i].append((step, total))
+    scheduler.run(requests)
+    assert len({row[0][1] for row in calls.values()}) > 1
+    for row in calls.values():
+        total = row[0][1]
+        assert row == [(step, total) for step in range(1, total + 1)]
+
+
+def test_streamed_chunks_are_todays_chunks(engine, scheduler):
+    def collect():
+        chunks: list = []
+        return chunks, lambda audio, offset: chunks.append((offset, audio.copy()))
+
+    ours, theirs = collect(), collect()
+    make = lambda on_audio: GenerationRequest(noise(1, 1.0, 32000, seed=9), 32000, 3.5, seed=9, on_audio=on_audio)
+    (result,) = scheduler.run([make(ours[1])])
+    engine.generate([make(theirs[1])])
+    assert len(ours[0]) >= 3
+    assert [o for o, _ in ours[0]] == [o for o, _ in theirs[0]]
+    for (_, a), (_, b) in zip(ours[0], theirs[0]):
+        np.testing.assert_array_equal(a, b)
+    joined = np.concatenate([a for _, a in ours[0]], axis=1)
+    np.testing.assert_array_equal(joined[:, -1000:], result.audio[:, -1000:])
+
+
+def test_stereo_model_alone_batched_and_as_today(stereo_engine):
+    scheduler = Scheduler(stereo_engine, max_rows=6, max_seconds=4.0, max_text=32)
+    requests = mixed_requests()[:3]
+    batched = audio_of(scheduler.run(requests))
+    for request, audio in zip(requests, batched):
+        assert audio.shape == (2, round(request.total_seconds * 32000))
+        np.testing.assert_array_equal(audio, audio_of(stereo_engine.generate_each([request]))[0])

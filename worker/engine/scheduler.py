@@ -1,0 +1,324 @@
+"""Iteration-level scheduling: tasks join and leave the running batch at every step.
+
+Each iteration (``step``) does, in order:
+
+1. **Admit.** When no task is being prefilled and rows are free, the oldest
+   waiting task is prepared: its prompt EnCodec-encoded, its text T5-encoded
+   and turned into cross-attention keys/values once (``DecoderStep.set_text``),
+   its whole delayed sequence laid out (``delay.build_sequence``). It takes
+   the next free rows: one, or two with guidance (conditional, unconditional).
+2. **Prefill one chunk** of that task's prompt positions (``prefill_chunk``
+   of them), so a long prompt delays the running tasks by a chunk's time per
+   step, not by the whole prompt. The chunk that completes the prompt yields
+   the task's first draw; from the next iteration it decodes with the others.
+3. **Decode** one position for every decoding task in one batched forward
+   pass, each row at its own position, then draw each task's tokens with its
+   own settings and generator (``worker.sampling.draw``, as today's engine
+   does, so a seed means the same audio whether a task runs alone, beside
+   others or joins mid-run). Progress, ``should_stop`` and streaming are per
+   task (``worker.batching.RowState``, ``worker.streaming.RowStreamer``).
+4. **Retire** every task that finished (its audio decoded now), was canceled
+   or failed, and compact the cache so the rows in use stay leading.
+
+A failure is its task's alone: invalid input fails at ``submit``; preparing,
+sampling, callbacks and the final decode fail only their task; if a batched
+forward pass raises, each task's rows are stepped alone and only the tasks
+that still fail are failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from worker.batching import CANCELED, DONE, FAILED, RUNNING, RowState
+from worker.engine import delay
+from worker.engine.generate_engine import GenerationRequest, GenerationResult, MusicGenEngine, _formatted, _Plan
+from worker.engine.kv_cache import KVCache
+from worker.engine.step import DecoderStep
+from worker.sampling import SamplingSettings, draw
+from worker.streaming import RowStreamer
+
+log = logging.getLogger(__name__)
+
+WAITING, PREFILLING, DECODING, RETIRED = "waiting", "prefilling", "decoding", "retired"
+
+
+@dataclass(eq=False)
+class Task:
+    """One request inside the scheduler."""
+
+    plan: _Plan
+    state: RowState
+    settings: SamplingSettings
+    generator: torch.Generator
+    rows: int  # 1, or 2 with guidance
+    phase: str = WAITING
+    first_row: int = -1
+    ids: torch.Tensor | None = None  # (K, sequence length) delayed, -1 where still to be drawn
+    prompt_codes: torch.Tensor | None = None
+    scales: list = field(default_factory=list)
+    length: int = 0  # positions in the cache
+    drawn: int = 0  # steps drawn so far
+    outcome: GenerationResult | BaseException | None = None
+
+    @property
+    def span(self) -> slice:
+        return slice(self.first_row, self.first_row + self.rows)
+
+    @property
+    def prompt_frames(self) -> int:
+        return self.prompt_codes.shape[-1]
+
+    @property
+    def done(self) -> bool:
+        return self.phase == RETIRED
+
+
+class Scheduler:
+    """Continuous batching of one loaded MusicGen (``MusicGenEngine``: model, processor, EnCodec helpers)."""
+
+    def __init__(self, engine: MusicGenEngine, *, max_rows: int = 16, max_seconds: float = 30.0,
+                 max_text: int = 256, prefill_chunk: int = 64, decoder=None):
+        """``decoder``: the ``MusicgenForCausalLM`` to step (default the engine's; ``quantize`` makes others).
+        ``max_seconds``: the longest output (prompt included) a task may ask for."""
+        self.engine = engine
+        model = engine.model
+        decoder = decoder if decoder is not None else model.decoder
+        config = decoder.config
+        self.delays = delay.delays(engine.num_codebooks, engine.channels)
+        self.max_positions = delay.sequence_length(math.ceil(max_seconds * engine.frame_rate) + 1, 0,
+                                                   max(self.delays))
+        self.cache = KVCache(layers=config.num_hidden_layers, rows=max_rows, heads=config.num_attention_heads,
+                             head_dim=config.hidden_size // config.num_attention_heads,
+                             max_positions=self.max_positions, max_text=max_text,
+                             dtype=engine._dtype, device=engine._torch_device)
+        projection = None
+        if (model.text_encoder.config.hidden_size != config.hidden_size
+                and config.cross_attention_hidden_size is None):
+            projection = model.enc_to_dec_proj
+        self.step_fn = DecoderStep(decoder, self.cache, projection)
+        self.prefill_chunk = prefill_chunk
+        self.waiting: deque[Task] = deque()
+        self.active: list[Task] = []  # in row order; the one prefilling (if any) is last
+        self.iterations = 0
+
+    # -- the outside -------------------------------------------------------------
+
+    @property
+    def rows_in_use(self) -> int:
+        return sum(t.rows for t in self.active)
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.active
+
+    def submit(self, request: GenerationRequest, index: int = 0) -> Task:
+        """Queue a request; invalid input comes back as a task already failed with ``ValueError``."""
+        try:
+            plan = self.engine._plan(index, request)
+        except Exception as exc:  # noqa: BLE001 - bad input fails its own task
+            plan = _Plan(index, request, None, 0, 0, 0)  # type: ignore[arg-type]
+            task = Task(plan, RowState(index, 0, None, None), None, None, 0)  # type: ignore[arg-type]
+            task.state.fail(exc)
+            task.outcome, task.phase = exc, RETIRED
+            return task
+        settings = plan.sampling()
+        state = RowState(index, plan.max_new_tokens, request.on_progress, request.should_stop)
+        if request.on_audio is not None:
+            state.streamer = RowStreamer(request.on_audio, plan.new_frames,
+                                         plan.total_samples - plan.prompt.shape[1], self.engine.hop_length)
+        task = Task(plan, state, settings, torch.Generator(device=self.engine._torch_device).manual_seed(settings.seed),
+                    rows=2 if plan.guided else 1)
+        self.waiting.append(task)
+        return task
+
+    def run(self, requests: list[GenerationRequest]) -> list[GenerationResult | BaseException]:
+        """Submit all, step until they are done; outcomes in request order (like ``generate_each``)."""
+        tasks = [self.submit(r, i) for i, r in enumerate(requests)]
+        self.run_until_idle()
+        return [t.outcome for t in tasks]
+
+    def run_until_idle(self) -> None:
+        while not self.idle:
+            self.step()
+
+    def step(self) -> None:
+        """One iteration: admit, prefill a chunk, decode one position for all, retire."""
+        threads = torch.get_num_threads()
+        if self.engine.cpu_threads:
+            torch.set_num_threads(self.engine.cpu_threads)
+        try:
+            with torch.inference_mode():
+                self._admit()
+                self._prefill()
+                self._decode()
+                self._retire()
+        finally:
+            torch.set_num_threads(threads)
+        self.iterations += 1
+
+    # -- the four parts ----------------------------------------------------------
+
+    def _admit(self) -> None:
+        while self.waiting and not any(t.phase == PREFILLING for t in self.active):
+            task = self.waiting[0]
+            task.state.poll_stop(0)
+            if task.state.status != RUNNING:
+                self.waiting.popleft()
+                self._end(task)
+                continue
+            if self.rows_in_use + task.rows > self.cache.rows:
+                return
+            self.waiting.popleft()
+            try:
+                self._prepare(task)
+            except Exception as exc:  # noqa: BLE001 - this task's own failure
+                self._fail(task, exc)
+                self._end(task)
+
+    def _prepare(self, task: Task) -> None:
+        engine, plan = self.engine, task.plan
+        task.prompt_codes, task.scales = engine._encode_prompt(plan.prompt)
+        task.ids = delay.build_sequence(task.prompt_codes, plan.new_frames, self.delays)
+        if task.ids.shape[1] > self.max_positions:
+            raise ValueError(f"this scheduler holds {self.max_positions} positions per task, "
+                             f"the request needs {task.ids.shape[1]}")
+        text = engine._encode_text(plan.request.text or "")
+        task.first_row = self.rows_in_use
+        self.step_fn.set_text(task.span, text, plan.guided)
+        if task.state.streamer is not None:
+            scales = task.scales
+            task.state.streamer.bind(task.prompt_codes, lambda codes: engine._decode(codes, scales))
+        task.phase = PREFILLING
+        self.active.append(task)
+
+    def _prefill(self) -> None:
+        task = next((t for t in self.active if t.phase == PREFILLING), None)
+        if task is None:
+            return
+        task.state.poll_stop(0)
+        if task.state.status != RUNNING:
+            return
+        prompt_end = 1 + task.prompt_frames
+        start, end = task.length, min(task.length + self.prefill_chunk, prompt_end)
+        try:
+            ids = task.ids[None, :, start:end].expand(task.rows, -1, -1)
+            logits = self.step_fn.prefill(task.span, ids, start)
+        except Exception as exc:  # noqa: BLE001 - only this task's rows were in the pass
+            self._fail(task, exc)
+            return
+        task.length = end
+        if end == prompt_end:
+            task.phase = DECODING
+            self._draw(task, logits)
+
+    def _decode(self) -> None:
+        tasks = [t for t in self.active if t.phase == DECODING and t.state.status == RUNNING]
+        if not tasks:
+            return
+        # Tasks that left this iteration were retired already, so the decoding tasks hold the leading
+        # rows, possibly with a finished one among them: its row is stepped too (harmlessly) to keep
+        # the batch a plain slice.
+        batch = [t for t in self.active if t.phase == DECODING]
+        try:
+            logits = self._forward(batch)
+        except Exception as exc:  # noqa: BLE001 - find out whose rows break the pass
+            log.warning("decoding step of %d tasks failed; stepping them one by one:\n%s", len(batch),
+                        _formatted(exc))
+            exc.__traceback__ = None
+            for task in tasks:
+                try:
+                    self._draw(task, self._forward([task]), advance=True)
+                except Exception as own:  # noqa: BLE001 - this task's own failure
+                    self._fail(task, own)
+            return
+        row = 0
+        for task in batch:
+            if task.state.status == RUNNING:
+                self._draw(task, logits[row : row + task.rows], advance=True)
+            row += task.rows
+
+    def _forward(self, tasks: list[Task]) -> torch.Tensor:
+        """One decoding position for the given tasks' rows (contiguous, in row order)."""
+        ids = torch.cat([t.ids[:, t.length][None].expand(t.rows, -1) for t in tasks])
+        positions = torch.tensor([t.length for t in tasks for _ in range(t.rows)], device=ids.device)
+        span = slice(tasks[0].first_row, tasks[-1].first_row + tasks[-1].rows)
+        return self.step_fn.decode(span, ids, positions)
+
+    def _draw(self, task: Task, logits: torch.Tensor, advance: bool = False) -> None:
+        """Sample the next position of one task from its rows' logits; progress, stop, streaming."""
+        if advance:
+            task.length += 1  # the position fed in this pass is now cached
+        state = task.state
+        try:
+            uncond = logits[1] if task.rows == 2 else None
+            tokens = draw(logits[0].float(), None if uncond is None else uncond.float(), task.settings,
+                          task.generator)
+        except Exception as exc:  # noqa: BLE001 - e.g. settings that only fail when used
+            self._fail(task, exc)
+            return
+        delay.place(task.ids, task.length, tokens)
+        task.drawn += 1
+        if state.streamer is not None:
+            state.streamer.advance(
+                lambda a, b: delay.new_frames(task.ids, task.prompt_frames, self.delays, a, b),
+                task.drawn - max(self.delays))
+        if state.status == RUNNING:
+            state.report(task.drawn)
+        if state.status == RUNNING and task.drawn >= state.total_steps:
+            state.status = DONE
+        state.poll_stop(task.drawn)
+
+    def _retire(self) -> None:
+        leaving = [t for t in self.active if t.state.status != RUNNING]
+        if not leaving:
+            return
+        self.active = [t for t in self.active if t.state.status == RUNNING]
+        for task in leaving:
+            self._end(task)
+        row = 0
+        for task in self.active:  # compact: the rows in use stay leading
+            if task.first_row != row:
+                self.cache.move(task.first_row, row, task.rows, task.length)
+                task.first_row = row
+            row += task.rows
+
+    def _end(self, task: Task) -> None:
+        state = task.state
+        if state.status == DONE:
+            try:
+                task.outcome = self._finish(task)
+            except Exception as exc:  # noqa: BLE001 - decoding its audio failed: this task only
+                self._fail(task, exc)
+        if state.status != DONE:
+            task.outcome = state.error
+        if state.streamer is not None:
+            state.streamer.unbind()
+        task.phase = RETIRED
+        task.ids = task.prompt_codes = None
+        task.scales = []
+
+    def _finish(self, task: Task) -> GenerationResult:
+        engine, plan = self.engine, task.plan
+        new = delay.new_frames(task.ids, task.prompt_frames, self.delays, 0, plan.new_frames)
+        audio = engine._fit_length(engine._decode(torch.cat([task.prompt_codes, new], -1), task.scales),
+                                   plan.total_samples)
+        if task.state.streamer is not None:
+            task.state.streamer.finish(audio[:, plan.prompt.shape[1]:])
+        return GenerationResult(audio=audio, sample_rate=engine.sample_rate)
+
+    @staticmethod
+    def _fail(task: Task, exc: Exception) -> None:
+        if task.state.status in (CANCELED, FAILED):
+            return
+        log.warning("task %d failed:\n%s", task.state.index, _formatted(exc))
+        chained: BaseException | None = exc
+        while chained is not None:  # keep the message, not the frames (they hold tensors)
+            chained.__traceback__ = None
+            chained = chained.__cause__ or chained.__context__
+        task.state.fail(exc)
