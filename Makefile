@@ -30,6 +30,8 @@ maintain: bootstrap
 bench: bootstrap
 	@$(PY) -m bench
 
-# Load benchmark (not a test): 500 tasks through two workers, exactly once; wrk on the polling routes.
+# Load benchmark (not a test): 500 tasks through two workers, exactly once; wrk on the polling routes;
+# then the listener flood (1,000 open event streams while /health and submissions are measured).
 load: bootstrap
 	@$(PY) -m bench.load $(LOAD_ARGS)
+	@$(PY) -m bench.flood $(FLOOD_ARGS)

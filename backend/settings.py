@@ -53,6 +53,13 @@ def _descriptions(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(out.items())
 
 
+def _worker_class(text: str) -> str:
+    text = text.strip().lower()
+    if text not in ("gevent", "gthread"):
+        raise ValueError("must be gevent or gthread")
+    return text
+
+
 RATE_LIMIT_OFF = ("", "0", "off", "none", "no")
 
 
@@ -113,7 +120,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_HEARTBEAT_SECONDS", "heartbeat_seconds", 10, "Worker heartbeat period; /health counts a worker live for 3 periods.", int),
     Setting("SEGUE_CORS_ORIGINS", "cors_origins", ("*",), "Comma list of allowed CORS origins (`*` = any).", _list),
     Setting("SEGUE_API_WORKERS", "api_workers", 2, "gunicorn worker processes for the API.", int),
-    Setting("SEGUE_API_THREADS", "api_threads", 16, "Threads per gunicorn worker (gthread).", int),
+    Setting("SEGUE_API_THREADS", "api_threads", 16,
+            "Threads per gunicorn worker; used only with `SEGUE_API_WORKER_CLASS=gthread`.", int),
+    Setting("SEGUE_API_WORKER_CLASS", "api_worker_class", "gevent",
+            "gunicorn worker class of the API: `gevent` (an open event stream costs a greenlet, not a thread) "
+            "or `gthread` (each open stream holds one of `SEGUE_API_THREADS`).", _worker_class),
+    Setting("SEGUE_API_CONNECTIONS", "api_connections", 2000,
+            "Most simultaneous connections one API worker process serves (gevent), open streams included.", int),
+    Setting("SEGUE_MAX_STREAMS_PER_CALLER", "max_streams_per_caller", 32,
+            "Most `/events` + `/stream` connections one API key (or client IP) may hold open at once, across "
+            "API processes (429 beyond it); 0 = no cap.", int),
+    Setting("SEGUE_FFMPEG_MAX_CONCURRENT", "ffmpeg_max_concurrent", 0,
+            "Most ffmpeg processes one API process runs at once to decode uploaded audio; 0 = the number of CPU cores.",
+            int),
+    Setting("SEGUE_FFMPEG_WAIT_SECONDS", "ffmpeg_wait_seconds", 10.0,
+            "How long a request waits for a free ffmpeg slot before it gets 503 with `Retry-After`.", float),
     Setting("SEGUE_WORKERS", "workers", 1, "Worker processes `make run` starts.", int),
     Setting("SEGUE_LOG_LEVEL", "log_level", "INFO", "Log level of API and worker."),
     Setting("SEGUE_API_KEYS", "api_keys", (),
@@ -170,6 +191,11 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     api_workers: int = 2
     api_threads: int = 16
+    api_worker_class: str = "gevent"
+    api_connections: int = 2000
+    max_streams_per_caller: int = 32
+    ffmpeg_max_concurrent: int = 0
+    ffmpeg_wait_seconds: float = 10.0
     workers: int = 1
     log_level: str = "INFO"
     api_keys: tuple[str, ...] = ()

@@ -1,0 +1,145 @@
+"""Open event streams never starve the API; each caller may hold only so many.
+
+Real gunicorn with the production config (``backend/gunicorn_conf.py``: gevent),
+one worker process, real Redis and MongoDB. The test holds many times more
+``/events`` and ``/stream`` listeners than a gthread worker would have threads
+(``SEGUE_API_THREADS``) and checks, with generous bounds only (no micro-timings),
+that ``/health`` still answers within 1 s, that submissions are accepted, that
+every listener of a task receives what is published for it, and that the number
+of Redis connections does not grow with the number of listeners (one reader per
+task per process: the hub). Then the per-caller cap: the stream past
+``SEGUE_MAX_STREAMS_PER_CALLER`` gets a 429 JSON error with ``Retry-After``,
+and closing a stream frees its slot.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+import requests
+
+from backend.chunks import Chunk, publish
+from backend.embedded import free_port, stop_process
+from bench.flood import ListenerPool, wav_base64
+from tests.conftest import ROOT, wait_for
+
+THREADS = 8  # what one gthread worker would have: the listeners below are many times more
+TASKS = 4
+LISTENERS = 240  # 30 x THREADS; 200 on /events and 40 on /stream
+CAP = LISTENERS + 6
+
+
+@pytest.fixture
+def api(settings, tmp_path):
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), SEGUE_HOST="127.0.0.1", REDIS_URL=settings.redis_url,
+               MONGO_URL=settings.mongo_url, SEGUE_MONGO_DB=settings.mongo_db, SEGUE_MODELS=",".join(settings.models),
+               SEGUE_ALLOW_PRIVATE_URLS="1", SEGUE_API_WORKERS="1", SEGUE_API_THREADS=str(THREADS),
+               SEGUE_LOG_LEVEL="WARNING", SEGUE_RATE_LIMIT="off", SEGUE_READ_RATE_LIMIT="off",
+               SEGUE_MAX_QUEUED_PER_KEY="0", SEGUE_MAX_STREAMS_PER_CALLER=str(CAP))
+    env.pop("SEGUE_API_WORKER_CLASS", None)  # the default, as deployed
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py",
+                                    "--access-logfile", "/dev/null", "backend.wsgi:app"], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def pings():
+        try:
+            return requests.get(f"{base}/ping", timeout=1).status_code == 200
+        except requests.RequestException:
+            return process.poll() is not None
+
+    wait_for(pings, timeout=60, message="gunicorn to answer /ping")
+    assert process.poll() is None, log_path.read_text(errors="replace")
+    yield port
+    stop_process(process, 15)
+    text = log_path.read_text(errors="replace")
+    assert "MonkeyPatchWarning" not in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+
+
+def _submit(base: str, clip: str) -> str:
+    response = requests.post(f"{base}/continue", json={"audio": clip, "prompt_duration": 1, "duration": 2},
+                             timeout=30)
+    assert response.status_code == 202, response.text
+    return response.json()["task_id"]
+
+
+def test_listeners_beyond_the_threads_do_not_starve_the_api(api, settings):
+    base = f"http://127.0.0.1:{api}"
+    clip = wav_base64()
+    task_ids = [_submit(base, clip) for _ in range(TASKS)]  # no worker: they stay queued, streams stay open
+    connection = redis.Redis.from_url(settings.redis_url)
+    clients_before = len(connection.client_list())
+    pool = ListenerPool("127.0.0.1", api)
+    try:
+        for i in range(LISTENERS):
+            route = "stream" if i % 6 == 5 else "events"
+            pool.open(f"/tasks/{task_ids[i % TASKS]}/{route}")
+        wait_for(lambda: pool.answered() == LISTENERS, timeout=60, message="every listener to be answered")
+        assert pool.statuses() == {200: LISTENERS}
+        assert pool.held() == LISTENERS
+
+        # The API answers while they are held: /health within 1 s (503 here: no worker has reported), and
+        # submissions are accepted.
+        for _ in range(10):
+            started = time.monotonic()
+            response = requests.get(f"{base}/health", timeout=10)
+            assert time.monotonic() - started < 1.0
+            assert response.status_code in (200, 503) and "redis" in response.json()
+        task_ids.append(_submit(base, clip))
+        assert requests.get(f"{base}/tasks/{task_ids[-1]}", timeout=10).json()["status"] == "queued"
+
+        # One reader per task, not per listener: Redis sees a handful of connections, not hundreds.
+        assert len(connection.client_list()) - clients_before < TASKS + 20
+
+        # What is published for a task reaches every one of its /events listeners (through the hub).
+        before = {path: list(counts) for path, counts in pool.events_per_path().items()}
+        publish(connection, task_ids[0], Chunk(0, 0, 32000, 1, b"\0" * 64))
+        target = f"/tasks/{task_ids[0]}/events"
+        wait_for(lambda: all(after > was for after, was in zip(pool.events_per_path()[target], before[target])),
+                 timeout=30, message="the chunk to reach every listener")
+        assert pool.held() == LISTENERS
+    finally:
+        pool.close()
+
+
+def test_streams_per_caller_are_capped_with_a_429(api, settings):
+    base = f"http://127.0.0.1:{api}"
+    task_id = _submit(base, wav_base64())
+    pool = ListenerPool("127.0.0.1", api)
+    try:
+        for _ in range(CAP):
+            pool.open(f"/tasks/{task_id}/events")
+        wait_for(lambda: pool.answered() == CAP, timeout=60, message="every listener to be answered")
+        assert pool.held() == CAP
+        for route in ("events", "stream"):
+            refused = requests.get(f"{base}/tasks/{task_id}/{route}", timeout=10)
+            assert refused.status_code == 429, refused.text[:200]
+            assert refused.headers["Content-Type"].startswith("application/json")
+            assert int(refused.headers["Retry-After"]) >= 1
+            body = refused.json()
+            assert body["code"] == "too_many_streams" and str(CAP) in body["error"]
+        # Other routes are not affected by the cap.
+        assert requests.get(f"{base}/tasks/{task_id}", timeout=10).status_code == 200
+        # Closing a stream frees its slot: the server notices the closed socket at its next write (forced
+        # here by publishing a chunk rather than waiting for a keep-alive).
+        pool.close_one()
+        connection = redis.Redis.from_url(settings.redis_url)
+        seq = iter(range(1000))
+
+        def admitted():
+            publish(connection, task_id, Chunk(next(seq), 0, 32000, 1, b"\0" * 64))
+            with requests.get(f"{base}/tasks/{task_id}/events?audio=0", stream=True, timeout=10) as response:
+                return response.status_code == 200
+
+        wait_for(admitted, timeout=30, interval=0.2, message="a slot to be freed")
+    finally:
+        pool.close()
