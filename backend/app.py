@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from . import auth, errorhandlers, ratelimit
+from . import audiofile, auth, errorhandlers, ratelimit
 from .routes import docs, generation, health, live, models, pages, tasks
 from .routes import metrics as metrics_routes
 from .services import Services
@@ -28,6 +28,7 @@ def create_app(overrides: dict[str, Any] | None = None, *, settings: Settings | 
 def init_app(app: Flask, settings: Settings) -> None:
     services = Services.from_settings(settings)
     app.extensions["segue"] = services
+    audiofile.configure_ffmpeg(settings.ffmpeg_max_concurrent, settings.ffmpeg_wait_seconds)
     origins = list(settings.cors_origins)
     CORS(app, origins="*" if origins == ["*"] else origins,
          expose_headers=["Content-Disposition", "X-Processing-Time-Ms", "X-Audio-Duration-Seconds", "Retry-After"])

@@ -9,14 +9,18 @@ Opus in WebM, exotic WAV codecs) goes through the system ffmpeg. No torch.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 
-from backend.errors import AudioDecodeError
+from backend.errors import AudioDecodeError, Busy
 
 FFMPEG = "ffmpeg"
 FFMPEG_TIMEOUT_S = 60
@@ -24,6 +28,51 @@ FFMPEG_TIMEOUT_S = 60
 # asking for a float WAV (rather than raw PCM) carries them back in the header
 # instead of having to parse ffmpeg's log.
 _FFMPEG_OUTPUT_FORMAT = ("-f", "wav", "-acodec", "pcm_f32le")
+
+
+#: Retry-After (s) of the 503 when every ffmpeg slot stayed taken: decodes take seconds, not minutes.
+FFMPEG_RETRY_AFTER_SECONDS = 5
+
+
+class FfmpegGate:
+    """At most ``limit`` ffmpeg processes at once in this process; a caller waits ``wait_seconds`` for a slot.
+
+    Without it every request whose audio libsndfile cannot read started its
+    own ffmpeg, so a burst of 100 MB bodies ran as many decoders as requests and
+    starved the host. Past the wait the request is refused with a 503
+    ``ffmpeg_busy`` and ``Retry-After``: a bounded queue, not an unbounded one.
+    Under gunicorn's gevent worker the semaphore (patched) and the subprocess
+    wait are cooperative, so a waiting request holds no thread.
+    """
+
+    def __init__(self, limit: int = 0, wait_seconds: float = 10.0):
+        self.limit = limit if limit > 0 else (os.cpu_count() or 1)
+        self.wait_seconds = max(0.0, wait_seconds)
+        self._slots = threading.BoundedSemaphore(self.limit)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self.wait_seconds):
+            raise Busy(f"every ffmpeg slot ({self.limit}) stayed busy for {self.wait_seconds:g} s; retry shortly",
+                       code="ffmpeg_busy", retry_after=FFMPEG_RETRY_AFTER_SECONDS)
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+_gate = FfmpegGate()
+
+
+def configure_ffmpeg(limit: int, wait_seconds: float) -> FfmpegGate:
+    """Set this process's ffmpeg cap (``SEGUE_FFMPEG_MAX_CONCURRENT``, ``SEGUE_FFMPEG_WAIT_SECONDS``)."""
+    global _gate
+    _gate = FfmpegGate(limit, wait_seconds)
+    return _gate
+
+
+def ffmpeg_gate() -> FfmpegGate:
+    return _gate
 
 
 @dataclass(frozen=True)
@@ -52,8 +101,9 @@ def _run_ffmpeg_to_wav(args_in: list[str], stdin: bytes | None) -> bytes:
     command = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", *args_in,
                "-vn", "-map", "0:a:0", *_FFMPEG_OUTPUT_FORMAT, "pipe:1"]
     try:
-        result = subprocess.run(command, input=stdin, capture_output=True,
-                                timeout=FFMPEG_TIMEOUT_S, check=False)
+        with _gate.slot():
+            result = subprocess.run(command, input=stdin, capture_output=True,
+                                    timeout=FFMPEG_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise AudioDecodeError("cannot decode this audio format: ffmpeg is not installed") from None
     except subprocess.TimeoutExpired:

@@ -17,7 +17,12 @@ log = logging.getLogger(__name__)
 def register(app: Flask) -> None:
     @app.errorhandler(SegueError)
     def _segue(exc: SegueError):
-        return jsonify(exc.to_json()), exc.status
+        response = jsonify(exc.to_json())
+        response.status_code = exc.status
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

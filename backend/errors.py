@@ -43,6 +43,16 @@ class ServiceUnavailable(SegueError):
     code = "service_unavailable"
 
 
+class Busy(ServiceUnavailable):
+    """A bounded resource (ffmpeg slots) stayed taken for the whole wait; the client should retry."""
+
+    code = "busy"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = max(1, int(retry_after))
+
+
 class UrlRefused(BadRequest):
     """A URL the server will not fetch (scheme, private address, malformed)."""
 

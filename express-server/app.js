@@ -3,9 +3,10 @@
 import express from 'express';
 
 import { combineAudio, cropAudio } from './src/audio.js';
-import { resolveConfig } from './src/config.js';
+import { ffmpegSlots, resolveConfig } from './src/config.js';
 import { HttpError } from './src/errors.js';
 import { ffmpegVersion } from './src/ffmpeg.js';
+import { Slots } from './src/slots.js';
 import { parseCombineRequest, parseCropRequest } from './src/validate.js';
 
 function cors(req, res, next) {
@@ -60,21 +61,30 @@ function toHttpError(err, maxBodyMb) {
 }
 
 export function createApp(options = {}) {
-  const config = resolveConfig(options);
+  const resolved = resolveConfig(options);
+  const slots = new Slots(ffmpegSlots(resolved), resolved.ffmpegWaitSeconds);
+  const config = { ...resolved, slots };
   const log = options.log ?? ((line) => console.log(line));
   const app = express();
   app.disable('x-powered-by');
   app.set('segue.config', config);
+  app.set('segue.slots', slots);
 
   app.use(requestLog(log));
   app.use(cors);
 
   const json = express.json({ limit: Math.floor(config.maxBodyMb * 1024 * 1024), strict: false });
 
+  // The version is cached for a minute: a flood of /health must not spawn a flood of ffmpeg.
+  let versionCache = null;
   app.get('/health', async (req, res) => {
     try {
-      const version = await ffmpegVersion({ ffmpegPath: config.ffmpegPath });
-      res.json({ status: 'live', ffmpeg: version });
+      if (!versionCache || Date.now() - versionCache.at > 60_000) {
+        versionCache = null;
+        versionCache = { at: Date.now(), version: await ffmpegVersion({ ffmpegPath: config.ffmpegPath }) };
+      }
+      const version = versionCache.version;
+      res.json({ status: 'live', ffmpeg: version, ffmpeg_slots: { limit: slots.limit, busy: slots.active, waiting: slots.waiting } });
     } catch (err) {
       res.status(503).json({ status: 'down', ffmpeg: null, error: err.message });
     }
@@ -106,6 +116,7 @@ export function createApp(options = {}) {
     if (res.headersSent) return req.socket.destroy();
     // A 413 arrives before the body was read; close rather than drain 100 MB.
     if (error.status === 413) res.set('Connection', 'close');
+    for (const [name, value] of Object.entries(error.headers ?? {})) res.set(name, value);
     return res.status(error.status).json({ error: error.message, code: error.code, ...error.extra });
   });
 

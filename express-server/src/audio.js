@@ -66,7 +66,7 @@ export async function cropAudio({ audio, start, end }, config) {
     args.push('-map', '0:a:0', '-vn', '-ar', String(SAMPLE_RATE), '-ac', '2', ...encodeArgs(config), output);
     let stderr;
     try {
-      ({ stderr } = await runFfmpeg(args, { ffmpegPath: config.ffmpegPath, timeoutSeconds: config.ffmpegTimeoutSeconds }));
+      ({ stderr } = await runFfmpeg(args, { ffmpegPath: config.ffmpegPath, timeoutSeconds: config.ffmpegTimeoutSeconds, slots: config.slots }));
     } catch (err) {
       mapFailure(err, dir, 'audioData');
     }
@@ -85,7 +85,7 @@ async function blameClip(count, dir, config) {
     const args = ['-hide_banner', '-nostdin', '-v', 'error', '-i', path.join(dir, `clip-${index}`)];
     args.push('-map', '0:a:0', '-frames:a', '1', '-f', 'null', '-');
     try {
-      await runFfmpeg(args, { ffmpegPath: config.ffmpegPath, timeoutSeconds: config.ffmpegTimeoutSeconds });
+      await runFfmpeg(args, { ffmpegPath: config.ffmpegPath, timeoutSeconds: config.ffmpegTimeoutSeconds, slots: config.slots });
     } catch (err) {
       if (err.name !== 'FfmpegFailure') throw err;
       const reason = summarizeStderr(err.stderr, [dir]) || 'unknown error';
@@ -115,7 +115,7 @@ export async function combineAudio(clips, config) {
     args.push('-filter_complex', filters.join(';'), '-map', '[out]', ...encodeArgs(config), output);
     let stderr;
     try {
-      ({ stderr } = await runFfmpeg(args, { ffmpegPath: config.ffmpegPath, timeoutSeconds: config.ffmpegTimeoutSeconds }));
+      ({ stderr } = await runFfmpeg(args, { ffmpegPath: config.ffmpegPath, timeoutSeconds: config.ffmpegTimeoutSeconds, slots: config.slots }));
     } catch (err) {
       if (err.name === 'FfmpegFailure' && !err.signal && !/\bclip-\d+\b/.test(err.stderr)) {
         await blameClip(clips.length, dir, config); // throws if one clip is at fault

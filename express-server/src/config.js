@@ -11,6 +11,8 @@ export const DEFAULTS = Object.freeze({
   ffmpegPath: 'ffmpeg', // FFMPEG_PATH: binary name (looked up on PATH) or path
   ffmpegTimeoutSeconds: 120, // SEGUE_FFMPEG_TIMEOUT_SECONDS: per ffmpeg run
   mp3Bitrate: '192k', // SEGUE_MP3_BITRATE: bitrate of every MP3 we return
+  ffmpegMaxConcurrent: 0, // SEGUE_FFMPEG_MAX_CONCURRENT: ffmpeg processes at once (0 = number of cores)
+  ffmpegWaitSeconds: 10, // SEGUE_FFMPEG_WAIT_SECONDS: wait for a free slot before 503 ffmpeg_busy
   tmpDir: null, // TMPDIR (via os.tmpdir()): where per-request temp dirs go
 });
 
@@ -41,11 +43,18 @@ export function loadConfig(env = process.env) {
     ffmpegPath: string(env, 'FFMPEG_PATH', DEFAULTS.ffmpegPath),
     ffmpegTimeoutSeconds,
     mp3Bitrate: string(env, 'SEGUE_MP3_BITRATE', DEFAULTS.mp3Bitrate),
+    ffmpegMaxConcurrent: number(env, 'SEGUE_FFMPEG_MAX_CONCURRENT', DEFAULTS.ffmpegMaxConcurrent, { integer: true }),
+    ffmpegWaitSeconds: number(env, 'SEGUE_FFMPEG_WAIT_SECONDS', DEFAULTS.ffmpegWaitSeconds),
     tmpDir: os.tmpdir(),
   };
 }
 
 // createApp() takes a partial config (tests pass only what they change).
+/** The ffmpeg cap a config means: 0 = one per core. */
+export function ffmpegSlots(config) {
+  return config.ffmpegMaxConcurrent > 0 ? config.ffmpegMaxConcurrent : os.availableParallelism();
+}
+
 export function resolveConfig(options = {}) {
   const config = { ...DEFAULTS, tmpDir: os.tmpdir() };
   for (const [key, value] of Object.entries(options)) {

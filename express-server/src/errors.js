@@ -2,12 +2,13 @@
 // handler in app.js renders them as {"error", "code"} JSON.
 
 export class HttpError extends Error {
-  constructor(status, code, message, extra = {}) {
+  constructor(status, code, message, extra = {}, headers = {}) {
     super(message);
     this.name = 'HttpError';
     this.status = status;
     this.code = code;
     this.extra = extra; // merged into the JSON body (e.g. {"index": 2})
+    this.headers = headers; // set on the response (e.g. Retry-After)
   }
 }
 

@@ -41,7 +41,9 @@ function unavailable(ffmpegPath, err) {
  * Rejects with HttpError: 503 ffmpeg_unavailable (spawn failed), 504
  * ffmpeg_timeout, or a FfmpegFailure (non-zero exit) that the caller maps.
  */
-export function runFfmpeg(args, { ffmpegPath, timeoutSeconds }) {
+export function runFfmpeg(args, { ffmpegPath, timeoutSeconds, slots }) {
+  // Every ffmpeg a request starts takes a slot first (see slots.js); the version probe does not.
+  if (slots) return slots.run(() => runFfmpeg(args, { ffmpegPath, timeoutSeconds }));
   return new Promise((resolve, reject) => {
     execFile(
       ffmpegPath,

@@ -13,6 +13,8 @@ test('defaults', () => {
     ffmpegPath: 'ffmpeg',
     ffmpegTimeoutSeconds: 120,
     mp3Bitrate: '192k',
+    ffmpegMaxConcurrent: 0,
+    ffmpegWaitSeconds: 10,
     tmpDir: os.tmpdir(),
   });
 });

@@ -87,6 +87,7 @@ export async function startApp(options = {}) {
   const { port } = server.address();
   return {
     url: `http://127.0.0.1:${port}`,
+    slots: app.get('segue.slots'),
     tmpDir,
     logLines: lines,
     tempEntries: () => readdir(tmpDir),
