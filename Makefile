@@ -1,6 +1,6 @@
 # Quick start: `make run` (whole stack) and `make test` (all tests).
 # Both bootstrap what they need first and are safe to run again.
-.PHONY: run test bootstrap test-python test-node maintain bench load
+.PHONY: run test bootstrap test-python test-node maintain bench load update-ytdlp
 
 PY := .venv/bin/python
 
@@ -35,3 +35,8 @@ bench: bootstrap
 load: bootstrap
 	@$(PY) -m bench.load $(LOAD_ARGS)
 	@$(PY) -m bench.flood $(FLOOD_ARGS)
+
+# YouTube breaks old yt-dlp releases within weeks: upgrade yt-dlp and its solver scripts in place (safe to repeat).
+update-ytdlp: bootstrap
+	$(PY) -m pip install -q --upgrade 'yt-dlp[default]' yt-dlp-ejs deno
+	@$(PY) -c "from worker.ytdlp_runtime import report; print(report())"

@@ -4,7 +4,9 @@ The API process answers ``GET /models`` without loading anything: a local
 folder describes itself (its ``config.json``, weight files and an optional
 ``segue.json`` with ``{"description": ...}``); hub ids Segue knows come from
 the table below; anything else is reported with what can be known offline.
-``loaded`` comes from the workers' heartbeats.
+``loaded`` and ``load_error`` come from the workers' heartbeats. An alias
+(``SEGUE_MODELS`` entry ``ID=PATH``) is listed as ``ID`` and described from
+the folder ``PATH``, keeping what the table knows about ``ID``.
 
 Default descriptions condition a request that brings no ``prompt`` of its
 own, as the old backend did for its community fine-tunes.
@@ -30,6 +32,7 @@ class ModelInfo:
     kind: str = "musicgen"  # musicgen | musicgen_melody | audiocraft_checkpoint
     summary: str | None = None  # what the model is, for people choosing one
     loaded: bool = False
+    load_error: str | None = None  # why a worker could not load it, while that lasts
     default: bool = False
 
     def to_json(self) -> dict:
@@ -55,6 +58,14 @@ KNOWN: dict[str, ModelInfo] = {m.id: m for m in (
               description="bleepy electronic melodies, synth arpeggios", summary="community fine-tune: bleeps"),
     ModelInfo("thepatch/hoenn_lofi", size="1.5B", kind="audiocraft_checkpoint",
               description="lofi hip hop, nostalgic video game melodies, mellow keys", summary="community fine-tune: lofi"),
+    # Sizes of these two are not published with them; "300M" is the small architecture the
+    # gary4web fine-tunes without a size in their name were trained from. A local copy reports its real size.
+    ModelInfo("thepatch/budots_remix", size="300M", kind="audiocraft_checkpoint",
+              description="budots, filipino dance remix, bouncy synths, heavy kicks",
+              summary="community fine-tune: budots / dance remix"),
+    ModelInfo("thepatch/PhonkV2", size="300M", kind="audiocraft_checkpoint",
+              description="phonk, memphis rap beat, cowbell melodies, distorted 808 bass",
+              summary="community fine-tune: phonk"),
     ModelInfo("thepatch/keygen-gary-v2-small-8", size="300M", kind="audiocraft_checkpoint",
               description="keygen music, chiptune, tracker synths", summary="community fine-tune: keygen / chiptune"),
     ModelInfo("thepatch/keygen-gary-v2-small-12", size="300M", kind="audiocraft_checkpoint",
@@ -95,33 +106,41 @@ def _from_folder(model_id: str, folder: Path) -> ModelInfo:
     return info
 
 
-def describe(model_id: str) -> ModelInfo:
-    folder = Path(model_id)
+def describe(model_id: str, source: str | None = None) -> ModelInfo:
+    """What ``model_id`` is; ``source`` is the folder an alias loads (default: the id itself)."""
+    known = KNOWN.get(model_id)
+    folder = Path(source or model_id)
     if folder.is_dir():
         try:
-            return _from_folder(model_id, folder)
+            info = _from_folder(model_id, folder)
         except (OSError, ValueError, TypeError, AttributeError) as exc:  # unreadable or malformed: say so, keep serving
             return ModelInfo(model_id, summary=f"local folder (unreadable: {exc})", sample_rate=None,
                              channels=None)
-    known = KNOWN.get(model_id)
+        if known is not None:  # an alias of a known id keeps its default description
+            info.description = info.description or known.description
+            info.summary = f"{known.summary} (local copy)"
+        return info
     if known is not None:
         return ModelInfo(**asdict(known))
     return ModelInfo(model_id, summary="Hugging Face model", channels=2 if "stereo" in model_id else 1)
 
 
-def catalogue(models: tuple[str, ...], descriptions: dict[str, str], loaded: set[str]) -> list[ModelInfo]:
+def catalogue(models: list[tuple[str, str]], descriptions: dict[str, str], loaded: set[str],
+              load_errors: dict[str, str] | None = None) -> list[ModelInfo]:
+    """``models``: (id, source) pairs, the default first."""
     out = []
-    for i, model_id in enumerate(models):
-        info = describe(model_id)
+    for i, (model_id, source) in enumerate(models):
+        info = describe(model_id, source)
         if model_id in descriptions:
             info.description = descriptions[model_id] or None
         info.loaded = model_id in loaded
+        info.load_error = None if info.loaded else (load_errors or {}).get(model_id)
         info.default = i == 0
         out.append(info)
     return out
 
 
-def default_description(model_id: str, descriptions: dict[str, str]) -> str | None:
+def default_description(model_id: str, descriptions: dict[str, str], source: str | None = None) -> str | None:
     if model_id in descriptions:
         return descriptions[model_id] or None
-    return describe(model_id).description
+    return describe(model_id, source).description

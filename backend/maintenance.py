@@ -7,6 +7,8 @@
   job was lost) is queued again.
 - ``prune``: deletes expired result/input audio (task documents expire
   through MongoDB's TTL index).
+- ``check_ytdlp_age``: warns when a worker's yt-dlp (as its heartbeat
+  reports it) or this machine's is old enough that YouTube may have broken it.
 
 Run by hand or from cron: ``python -m backend.maintenance``.
 """
@@ -17,11 +19,13 @@ import logging
 import sys
 import time
 from datetime import timedelta
+from importlib import metadata
 
 from . import heartbeat, webhooks
 from .clock import utcnow
 from .services import Services
 from .settings import Settings
+from .ytdlp_age import stale_warning
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +111,32 @@ def prune(services: Services) -> int:
     return removed
 
 
+def check_ytdlp_age(services: Services) -> list[str]:
+    """Log (and return) a warning for each stale yt-dlp: every worker's, and this machine's if installed."""
+    where: dict[str, list[str]] = {}
+    for beat in heartbeat.read_all(services.redis):
+        if beat.get("yt_dlp"):
+            where.setdefault(str(beat["yt_dlp"]), []).append(f"worker {beat.get('worker_id', '?')}")
+    try:
+        where.setdefault(metadata.version("yt-dlp"), []).append("this machine")
+    except metadata.PackageNotFoundError:
+        pass  # the API image has no yt-dlp; its workers report theirs
+    warnings = []
+    for version, places in sorted(where.items()):
+        warning = stale_warning(version)
+        if warning:
+            warnings.append(f"{warning} [{', '.join(places)}]")
+            log.warning(warnings[-1])
+    return warnings
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     services = Services.from_settings(Settings.from_env())
     counts = reap_orphans(services)
     lost = requeue_lost(services)
     removed = prune(services)
+    check_ytdlp_age(services)
     print(f"requeued={counts['requeued'] + lost} failed={counts['failed']} pruned_audio={removed}")
     return 0
 

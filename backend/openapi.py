@@ -143,7 +143,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def request_schema(schema: schemas.Schema, settings: Settings) -> dict[str, Any]:
-    choices = {"model": list(settings.models)}
+    choices = {"model": list(settings.model_ids)}
     properties = {f.name: field_schema(f, choices.get(f.name)) for f in schema.fields}
     if "model" in properties:
         properties["model"]["default"] = settings.default_model
@@ -265,6 +265,10 @@ def _components(settings: Settings) -> dict[str, Any]:
                     "device": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
                                          {"type": "null"}], "description": "e.g. cuda:0 or cpu"},
                     "models_loaded": {"type": "array", "items": {"type": "string"}},
+                    "models_failed": {"type": "object", "additionalProperties": {"type": "string"},
+                                      "description": "Models a worker could not load, with the reason; "
+                                                     "status is degraded while the default model is among them "
+                                                     "and no worker has it loaded."},
                     "torch_version": _nullable_type("string"),
                     "worker_details": {"type": "array", "items": {"type": "object"}},
                     "checked_at": {"type": "number", "description": "Unix time of this report."},

@@ -63,6 +63,8 @@ def schemas() -> dict[str, Any]:
                          "`audiocraft_checkpoint` (converted on first load)."},
                 "summary": _nullable_type("string"),
                 "loaded": {"type": "boolean", "description": "Loaded on at least one live worker."},
+                "load_error": _nullable_type("string", description="Why a worker could not load it (while "
+                                             "no worker has it loaded); tasks for it fail with this."),
                 "default": {"type": "boolean"},
             },
         },

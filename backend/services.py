@@ -61,11 +61,12 @@ class Conflict(SegueError):
 def _sampling(services: Services, model: str, values: dict[str, Any]) -> dict[str, Any]:
     keys = ("prompt", "seed", "top_k", "top_p", "temperature", "cfg_coef", "output_format", "webhook", "melody")
     out = {k: values[k] for k in keys}
-    if out["melody"] and catalogue.describe(model).kind != "musicgen_melody":
+    source = services.settings.model_source(model)
+    if out["melody"] and catalogue.describe(model, source).kind != "musicgen_melody":
         raise BadRequest(f"'melody' conditioning needs a melody model; {model} is not one", code="melody_unsupported")
     if out["prompt"] is None:
         # A model's default description conditions requests that bring none (as gary4web did for fine-tunes).
-        out["prompt"] = catalogue.default_description(model, services.settings.descriptions)
+        out["prompt"] = catalogue.default_description(model, services.settings.descriptions, source)
         out["prompt_source"] = "model_default" if out["prompt"] else None
     return out
 
@@ -242,12 +243,24 @@ def cancel_task(services: Services, task_id: str) -> dict:
 
 # -- models -------------------------------------------------------------------------
 
+def models_failed(beats: list[dict]) -> dict[str, str]:
+    """Model id -> why a worker could not load it, from the workers' heartbeats."""
+    failed: dict[str, str] = {}
+    for beat in beats:
+        for model, reason in (beat.get("models_failed") or {}).items():
+            failed.setdefault(model, str(reason))
+    return failed
+
+
 def models_view(services: Services) -> dict:
     try:
-        loaded = {m for b in heartbeat.read_all(services.redis) for m in b.get("models_loaded", [])}
+        beats = heartbeat.read_all(services.redis)
     except redis.RedisError:
-        loaded = set()  # the list of offered models does not need Redis
-    models = catalogue.catalogue(services.settings.models, services.settings.descriptions, loaded)
+        beats = []  # the list of offered models does not need Redis
+    loaded = {m for b in beats for m in b.get("models_loaded", [])}
+    settings = services.settings
+    models = catalogue.catalogue([(m, settings.model_source(m)) for m in settings.model_ids],
+                                 settings.descriptions, loaded, models_failed(beats))
     return {"models": [m.to_json() for m in models], "default": services.settings.default_model}
 
 
@@ -269,17 +282,24 @@ def health(services: Services) -> dict:
     except redis.RedisError:
         report["redis"] = "down"
         report["queue_depth"] = None
-    working = [b for b in beats if b.get("torch_ok")]
+    # A worker still loading its default model (ready false) is reported but not yet counted live.
+    working = [b for b in beats if b.get("torch_ok") and b.get("ready", True)]
     report["pytorch"] = "live" if working else "down"
     report["workers"] = len(beats)
     devices = sorted({b.get("device") for b in working if b.get("device")})
     report["device"] = devices[0] if len(devices) == 1 else (devices or None)
     report["models_loaded"] = sorted({m for b in working for m in b.get("models_loaded", [])})
     report["torch_version"] = working[0].get("torch_version") if working else None
+    report["models_failed"] = models_failed(working)
     report["worker_details"] = [
-        {k: b.get(k) for k in ("worker_id", "host", "pid", "device", "models_loaded", "current_tasks",
-                               "tasks_done", "torch_version")} for b in beats]
+        {k: b.get(k) for k in ("worker_id", "host", "pid", "device", "models_loaded", "models_failed",
+                               "current_tasks", "tasks_done", "ready", "torch_version", "yt_dlp", "yt_dlp_age_days",
+                               "js_runtime", "ejs")} for b in beats]
     alive = all(report[k] == "live" for k in ("mongodb", "redis", "pytorch"))
+    # Workers that cannot load the default model cannot serve a request that names none.
+    default = services.settings.default_model
+    if working and default not in report["models_loaded"] and default in report["models_failed"]:
+        alive = False
     report["status"] = "live" if alive else "degraded"
     report["checked_at"] = time.time()
     return report

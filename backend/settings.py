@@ -22,6 +22,39 @@ OFFICIAL_MODELS = (
     "facebook/musicgen-stereo-large",
     "facebook/musicgen-stereo-melody",
 )
+# Community fine-tunes the gary4web web app and the gary-on-the-fly extension
+# send (audiocraft checkpoints, converted once on first use).
+COMMUNITY_MODELS = (
+    "thepatch/vanya_ai_dnb_0.1",
+    "thepatch/hoenn_lofi",
+    "thepatch/budots_remix",
+    "thepatch/PhonkV2",
+    "thepatch/bleeps-medium",
+)
+DEFAULT_MODELS = OFFICIAL_MODELS + COMMUNITY_MODELS
+
+
+def _models(text: str) -> tuple[str, ...]:
+    """Comma list of ``ID`` or ``ID=PATH`` entries (an alias: requests name ID, the worker loads PATH)."""
+    entries = _list(text)
+    for entry in entries:
+        model_id, sep, path = entry.partition("=")
+        if sep and (not model_id.strip() or not path.strip()):
+            raise ValueError(f"{entry!r} is not ID or ID=PATH")
+    ids = [entry.partition("=")[0].strip() for entry in entries]
+    if len(set(ids)) != len(ids):
+        raise ValueError("a model id is offered twice")
+    return tuple(entries)
+
+
+def _upstream_proxy(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    text = text.strip()
+    parts = urlsplit(text)
+    if parts.scheme.lower() != "http" or not parts.hostname:
+        raise ValueError("must be an http://[user:password@]host:port proxy URL")
+    return text
 
 
 def _bool(text: str) -> bool:
@@ -91,8 +124,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REDIS_URL", "redis_url", "", "Redis URL. Empty: `make run` starts an embedded Valkey server on 127.0.0.1."),
     Setting("MONGO_URL", "mongo_url", "", "MongoDB URL. Empty: `make run` starts an embedded SecantusDB server (data under SEGUE_DATA_DIR)."),
     Setting("SEGUE_MONGO_DB", "mongo_db", "segue", "MongoDB database name."),
-    Setting("SEGUE_MODELS", "models", OFFICIAL_MODELS,
-            "Comma list of offered models: Hugging Face ids or local `save_pretrained` folders. The first is the default.", _list),
+    Setting("SEGUE_MODELS", "models", DEFAULT_MODELS,
+            "Comma list of offered models, the first the default: Hugging Face ids, local `save_pretrained` or "
+            "audiocraft checkpoint folders, or `ID=PATH` aliases (requests name `ID`, the worker loads the folder "
+            "`PATH`; e.g. `facebook/musicgen-small=/models/small`). Default: Meta's MusicGen models and the "
+            "community fine-tunes the gary4web clients send.", _models),
     Setting("SEGUE_MODEL_DESCRIPTIONS", "model_descriptions", (),
             "Default text prompts per model, `model=description` pairs separated by `;` (e.g. "
             "`thepatch/hoenn_lofi=lofi hip hop, mellow keys`); used when a request has no `prompt`. "
@@ -105,6 +141,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_QUEUE", "queue_name", "segue", "Name of the RQ queue jobs go through."),
     Setting("SEGUE_JOB_TIMEOUT", "job_timeout", 1800, "Seconds a task may run on a worker before it is failed.", int),
     Setting("SEGUE_FETCH_TIMEOUT", "fetch_timeout", 30, "Socket timeout (s) for media downloads.", int),
+    Setting("SEGUE_YTDLP_COOKIES", "ytdlp_cookies", "",
+            "Path to a cookies.txt (Netscape format, exported from a signed-in browser) that yt-dlp sends to "
+            "YouTube, for hosts YouTube asks to sign in; empty = none. Each download uses a private copy."),
+    Setting("SEGUE_YTDLP_PROXY", "ytdlp_proxy", "",
+            "Upstream http:// proxy (`http://[user:password@]host:port`) for media downloads; Segue's address "
+            "guard checks every host first and forwards only checked addresses to it; empty = direct.",
+            _upstream_proxy),
     Setting("SEGUE_RESULT_TTL_DAYS", "result_ttl_days", 7.0, "Days task documents and audio are kept after a task ends.", float),
     Setting("SEGUE_MAX_BODY_MB", "max_body_mb", 100.0, "Largest request body accepted (413 above).", float),
     Setting("SEGUE_MAX_CLIP_SECONDS", "max_clip_seconds", 600.0, "Longest /continue input clip accepted, seconds.", float),
@@ -169,7 +212,7 @@ class Settings:
     redis_url: str = ""
     mongo_url: str = ""
     mongo_db: str = "segue"
-    models: tuple[str, ...] = OFFICIAL_MODELS
+    models: tuple[str, ...] = DEFAULT_MODELS
     model_descriptions: tuple[tuple[str, str], ...] = ()
     device: str = "auto"
     half_precision: bool = True
@@ -178,6 +221,8 @@ class Settings:
     queue_name: str = "segue"
     job_timeout: int = 1800
     fetch_timeout: int = 30
+    ytdlp_cookies: str = ""
+    ytdlp_proxy: str = ""
     result_ttl_days: float = 7.0
     max_body_mb: float = 100.0
     max_clip_seconds: float = 600.0
@@ -229,8 +274,21 @@ class Settings:
         return replace(self, **changes)
 
     @property
+    def model_ids(self) -> tuple[str, ...]:
+        """The ids requests name and ``/models`` lists (an ``ID=PATH`` entry's ``ID``)."""
+        return tuple(entry.partition("=")[0].strip() for entry in self.models)
+
+    def model_source(self, model_id: str) -> str:
+        """What the worker loads for ``model_id``: an alias's ``PATH``, else the id itself."""
+        for entry in self.models:
+            entry_id, sep, path = entry.partition("=")
+            if entry_id.strip() == model_id:
+                return path.strip() if sep else model_id
+        return model_id
+
+    @property
     def default_model(self) -> str:
-        return self.models[0]
+        return self.model_ids[0]
 
     @property
     def descriptions(self) -> dict[str, str]:

@@ -83,6 +83,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, send_body: bool) -> None:
         path = self.path.split("?", 1)[0]
         self.server.requests.append((self.command, path, self.headers.get("Range")))
+        if self.headers.get("Cookie"):
+            self.server.cookies.append(self.headers["Cookie"])
         location = self.server.redirects.get(path)
         if location is not None:
             self.send_response(HTTPStatus.FOUND)
@@ -170,12 +172,18 @@ class MediaServer:
         self._server.payloads = {"/page.html": (HTML_PAGE, "text/html; charset=utf-8")}
         self._server.redirects = {}
         self._server.requests = []
+        self._server.cookies = []
         self._thread: threading.Thread | None = None
 
     @property
     def requests(self) -> list[tuple[str, str, str | None]]:
         """(method, path, Range header) of every request served, in order."""
         return self._server.requests
+
+    @property
+    def cookies(self) -> list[str]:
+        """The Cookie header of every request that sent one, in order."""
+        return self._server.cookies
 
     def add(self, path: str, body: bytes, content_type: str) -> str:
         if not path.startswith("/"):

@@ -30,6 +30,10 @@ def test_status_page_shows_every_part_live_and_refreshes(browser, full_stack):
     assert "tiny-mono" in page.inner_text("#models")
     rows = page.locator("#workers tr")
     assert rows.count() == 1 and "cpu" in rows.first.inner_text()
+    from worker.ytdlp_runtime import report
+
+    ytdlp = report()
+    assert f"{ytdlp['yt_dlp']} · {ytdlp['js_runtime']}" in rows.first.inner_text()  # what the worker's yt-dlp detects
     assert "ffmpeg" in page.inner_text('.tile[data-component="sidecar"] .detail')
 
     # It refreshes itself: new reports arrive without a reload, and the rate appears once two have.
@@ -70,4 +74,33 @@ def test_status_page_shows_parts_that_are_down(browser, settings):
         screenshot(page, "status-wall-degraded")
         # The 503 of /health and the refused sidecar connection are what this page is about, not page errors.
         watched.assert_clean(allowed=("status of 503", "ERR_CONNECTION_REFUSED"))
+        watched.close()
+
+
+def test_status_page_shows_a_model_that_failed_to_load(browser, settings):
+    """A live worker whose default model could not be loaded: every part answers, the page says why it is down."""
+    import time
+
+    from backend import heartbeat
+    from backend.app import create_app
+
+    app = create_app(settings=settings.with_(express_port=free_port()))
+    services = app.extensions["segue"]
+    reason = "it is not in the local Hugging Face cache and the hub could not be reached"
+    heartbeat.write(services.redis, "offline-worker", {
+        "torch_ok": True, "device": "cpu", "torch_version": "2.13.0", "host": "gpu-1", "pid": 7, "ready": True,
+        "models_loaded": [], "models_failed": {settings.default_model: reason},
+        "yt_dlp": "2026.01.29", "yt_dlp_age_days": 304, "js_runtime": None, "ejs": None,
+        "at": time.time()}, 30)
+    with serve_app(app) as base:
+        watched = open_page(browser, f"{base}/status", WALL)
+        page = watched.page
+        page.wait_for_function("document.querySelectorAll('#model-failures li').length === 1", timeout=15_000)
+        assert reason in page.inner_text("#model-failures")
+        assert page.get_attribute('.tile[data-component="pytorch"]', "data-state") == "live"
+        assert page.get_attribute("#hero", "data-state") == "down"
+        assert "Default model" in page.inner_text("#hero-title")
+        row = page.locator("#workers tr").first.inner_text()
+        assert "(failed)" in row and "304 days old" in row and "no JS runtime" in row
+        screenshot(page, "status-model-failed")
         watched.close()

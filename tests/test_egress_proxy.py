@@ -164,3 +164,68 @@ def test_guarded_fetch_refuses_to_run_with_no_proxy_set(public, tmp_path, monkey
     monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
     with pytest.raises(FetchError, match="no_proxy"):
         _fetch(_public_url(public, "noise.wav"), 0.0, 2.0, tmp_path)
+
+
+# -- an upstream proxy (SEGUE_YTDLP_PROXY) behind the guard ----------------------------------
+
+@pytest.fixture
+def upstream():
+    """A forward proxy standing in for the host's upstream, recording every host it is asked for.
+
+    It resolves with the system resolver only: ``public.test`` exists in the
+    guard's resolver alone, so the upstream can serve a fetch only if the
+    guard hands it the address it checked.
+    """
+    asked: list[str] = []
+
+    def resolve(host):
+        asked.append(host)
+        return [info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)]
+
+    with EgressProxy(EgressPolicy(resolve=resolve, allowed=lambda address: True), timeout=5) as running:
+        running.asked = asked
+        yield running
+
+
+def test_fetch_through_an_upstream_proxy_asks_it_for_checked_addresses_only(public, noise, upstream, tmp_path):
+    fetched = fetch_section(_public_url(public, "noise.wav"), 5.0, 3.0, workdir=tmp_path / "fetch",
+                            socket_timeout=5, allow_private=False, egress_policy=POLICY,
+                            upstream_proxy=upstream.url)
+    assert fetched.seconds == pytest.approx(3.0, abs=0.05)
+    start = int(5.0 * SR)
+    np.testing.assert_allclose(fetched.audio[0, :1000], noise[0, start:start + 1000], atol=1e-4)
+    assert upstream.asked and set(upstream.asked) == {PUBLIC_ADDRESS}
+
+
+def test_upstream_proxy_never_hears_of_a_refused_host(public, private, upstream, tmp_path):
+    before = len(private.requests)
+    with pytest.raises(FetchError, match="non-public address"):
+        fetch_section(_public_url(public, "redirect.wav"), 0.0, 4.0, workdir=tmp_path / "fetch",
+                      socket_timeout=5, allow_private=False, egress_policy=POLICY,
+                      upstream_proxy=upstream.url)
+    assert "127.0.0.1" not in upstream.asked and "localhost" not in upstream.asked
+    assert len(private.requests) == before
+
+
+def test_connect_through_the_upstream_names_the_checked_address(public, noise, upstream):
+    with EgressProxy(POLICY, timeout=5, upstream=upstream.url) as guard:
+        host, port = guard.url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=5)
+        connection.set_tunnel("public.test", public.port)
+        connection.request("GET", "/noise.wav")
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == wav_bytes(noise, SR)
+        connection.close()
+    assert upstream.asked == [PUBLIC_ADDRESS]
+
+
+def test_upstream_proxy_url_parsing():
+    from worker.egress_proxy import Upstream
+
+    plain = Upstream.parse("http://proxy.example:3128")
+    assert (plain.host, plain.port, plain.authorization) == ("proxy.example", 3128, None)
+    secret = Upstream.parse("http://us%40er:p%3Ass@10.0.0.5:8080")
+    assert secret.host == "10.0.0.5" and secret.authorization == "Basic dXNAZXI6cDpzcw=="  # us@er:p:ss
+    for bad in ("socks5://proxy:1080", "proxy:3128", "http://"):
+        with pytest.raises(ValueError):
+            Upstream.parse(bad)

@@ -143,6 +143,29 @@ def test_invalid_section_is_refused(media, tmp_path):
 def test_error_descriptions_strip_ytdlp_noise():
     from yt_dlp.utils import DownloadError, ExtractorError
 
-    wrapped = DownloadError("ERROR: [youtube] dQw4w9WgXcQ: Video unavailable. This video is private.")
-    assert describe_ytdlp_error(wrapped) == "Video unavailable. This video is private"
-    assert describe_ytdlp_error(ExtractorError("Sign in to confirm your age")) == "Sign in to confirm your age"
+    wrapped = DownloadError("ERROR: [generic] abc: The media server is warming up. Please report this issue on "
+                            "https://github.com/yt-dlp/yt-dlp/issues")
+    assert describe_ytdlp_error(wrapped) == "The media server is warming up"
+    assert describe_ytdlp_error(ExtractorError("Unable to extract title (caused by X)")) == "Unable to extract title"
+    # YouTube's own refusals read as sentences for musicians (tests/test_ytdlp_refusals.py has them all).
+    private = DownloadError("ERROR: [youtube] dQw4w9WgXcQ: Video unavailable. This video is private.")
+    assert describe_ytdlp_error(private).startswith("This video is private on YouTube")
+
+
+def test_cookies_file_is_sent_and_never_rewritten(media, tmp_path):
+    # SEGUE_YTDLP_COOKIES: yt-dlp sends the host's cookies and works on a private copy of the file.
+    cookies = tmp_path / "cookies.txt"
+    cookies.write_text("# Netscape HTTP Cookie File\n"
+                       "127.0.0.1\tFALSE\t/\tFALSE\t4102444800\tSID\tsecret-session\n")
+    cookies.chmod(0o444)  # a read-only mount must work too
+    before = (cookies.read_bytes(), cookies.stat().st_mtime_ns)
+    fetched = _fetch(media.url("noise.wav"), 2.0, 3.0, tmp_path, cookies_file=cookies)
+    assert fetched.seconds == pytest.approx(3.0, abs=0.05)
+    assert any("SID=secret-session" in header for header in media.cookies)
+    assert (cookies.read_bytes(), cookies.stat().st_mtime_ns) == before
+    assert list((tmp_path / "fetch").iterdir()) == []  # the copy went with the scratch folder
+
+
+def test_missing_cookies_file_is_a_clear_failure(media, tmp_path):
+    with pytest.raises(FetchError, match="SEGUE_YTDLP_COOKIES"):
+        _fetch(media.url("noise.wav"), 0.0, 3.0, tmp_path, cookies_file=tmp_path / "absent.txt")

@@ -99,3 +99,70 @@ def test_failed_load_leaves_the_cache_usable(refs, tmp_path):
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError):
         ModelCache(0, LoadLog())
+
+
+class FakeClock:
+    """A clock the test moves by hand: back-off is checked without sleeping."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failed_load_is_remembered_with_back_off_then_retried(refs, tmp_path):
+    from worker.model_cache import RETRY_FIRST_SECONDS, ModelUnavailable
+
+    clock, factory = FakeClock(), LoadLog()
+    cache = ModelCache(2, factory, clock=clock)
+    missing = str(tmp_path / "not-yet-there")
+    with pytest.raises(ModelUnavailable) as first:
+        cache.get(missing)
+    assert first.value.model == missing and missing in first.value.message
+    assert cache.failures() == {missing: first.value.reason}
+    assert cache.retry_due() == [] and cache.loaded() == []
+
+    # Inside the back-off: the same reason at once, without trying to load again.
+    tries = len(factory.loads)
+    with pytest.raises(ModelUnavailable):
+        cache.get(missing)
+    assert len(factory.loads) == tries
+
+    # Past it, a load is tried again; once the folder exists it succeeds and the failure is forgotten.
+    clock.now += RETRY_FIRST_SECONDS
+    assert cache.retry_due() == [missing]
+    build_tiny_musicgen(tmp_path / "not-yet-there")
+    assert cache.get(missing).sample_rate > 0
+    assert cache.failures() == {} and cache.loaded() == [missing]
+
+
+def test_back_off_doubles_up_to_its_cap(tmp_path):
+    from worker.model_cache import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, ModelUnavailable
+
+    def offline(model_ref):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find "
+                      "them in the cached files. Check your internet connection.")
+
+    clock = FakeClock()
+    cache = ModelCache(1, offline, clock=clock)
+    waits = []
+    for _ in range(7):
+        with pytest.raises(ModelUnavailable) as raised:
+            cache.get("facebook/musicgen-small")
+        failure = cache._failures["facebook/musicgen-small"]
+        waits.append(failure.retry_at - clock.now)
+        clock.now = failure.retry_at
+    assert waits == [min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** i) for i in range(7)]
+    assert waits[-1] == RETRY_MAX_SECONDS
+    # The reason says what happened and what to set, in one line.
+    assert "hub could not be reached" in raised.value.reason and "SEGUE_MODELS" in raised.value.reason
+    assert "\n" not in raised.value.reason
+
+
+def test_failure_reason_keeps_the_first_sentence():
+    from worker.model_cache import failure_reason
+
+    assert failure_reason(ValueError("x is a 'bark' checkpoint; supported: musicgen. More text here.")) == \
+        "x is a 'bark' checkpoint; supported: musicgen."
+    assert failure_reason(OSError("")) == "OSError"

@@ -67,6 +67,9 @@ def _listening(process: psutil.Process):
         return []
 
 
+WEB_APP_MODEL = "facebook/musicgen-small"
+
+
 def make_stack_env(tiny_model, data_dir, **extra: str) -> dict:
     """The environment `make run` gets for a test stack: embedded servers, the tiny model, free ports."""
     env = dict(os.environ)
@@ -81,7 +84,8 @@ def make_stack_env(tiny_model, data_dir, **extra: str) -> dict:
 
 @pytest.fixture
 def stack_env(tiny_model, tmp_path):
-    return make_stack_env(tiny_model, tmp_path / "var")
+    # The web app's own model id, served from the tiny folder (an ID=PATH alias), as a host without the hub would.
+    return make_stack_env(tiny_model, tmp_path / "var", SEGUE_MODELS=f"{WEB_APP_MODEL}={tiny_model}")
 
 
 def poll_task(api: str, task_id: str, timeout: float = 180) -> dict:
@@ -99,12 +103,13 @@ def test_stack_serves_a_gary4web_session_and_stops_cleanly(stack_env, media_serv
         health = requests.get(f"{stack.api}/health", timeout=5).json()
         assert {health[k] for k in ("mongodb", "redis", "pytorch", "status")} == {"live"}
         assert health["workers"] == 1 and health["device"] == "cpu"
+        assert health["models_loaded"] == [WEB_APP_MODEL] and health["models_failed"] == {}
         assert requests.get(f"{stack.sidecar}/health", timeout=5).json()["status"] == "live"
 
-        # The web app sends numbers as strings and polls /tasks/<id>.
+        # Exactly the web app's body: currentTime a float, the other numbers strings, its model id.
         response = requests.post(f"{stack.api}/generate", json={
-            "url": media_server.url("/click120.wav"), "currentTime": "2", "promptLength": "6",
-            "duration": "16-18"}, timeout=10)
+            "url": media_server.url("/click120.wav"), "currentTime": 2.0, "model": WEB_APP_MODEL,
+            "promptLength": "6", "duration": "16-18"}, timeout=10)
         assert response.status_code == 202
         task_id = response.json()["task_id"]
         task = poll_task(stack.api, task_id)
@@ -119,8 +124,9 @@ def test_stack_serves_a_gary4web_session_and_stops_cleanly(stack_env, media_serv
         cropped = crop.text
         audio, sr = decode_audio_bytes(base64.b64decode(cropped))
         assert abs(audio.shape[1] / sr - 12) < 0.1
-        response = requests.post(f"{stack.api}/continue", json={"audio": cropped, "task_id": task_id,
-                                                                "prompt_duration": "6"}, timeout=30)
+        response = requests.post(f"{stack.api}/continue", json={"task_id": task_id, "audio": cropped,
+                                                                "model": WEB_APP_MODEL, "prompt_duration": "6"},
+                                 timeout=30)
         assert response.status_code == 202
         child_id = response.json()["task_id"]
         assert child_id != task_id

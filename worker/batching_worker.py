@@ -30,13 +30,18 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
+from rq.job_lifecycle import call_exception_handlers
 from rq.worker.base import WorkerStatus
 
+from backend.errors import SegueError
 from backend.jobqueue import JOB_FUNCTION
 
 from . import jobs, runtime
+from .engine import GenerationCanceled
 
 log = logging.getLogger(__name__)
+
+EXPECTED_FAILURES = (SegueError, GenerationCanceled)
 
 SCAN_DEPTH = 200  # how far down the queue to look for companions
 MAX_WAIT_FACTOR = 10  # a batch waits at most this many batch_wait periods for companions
@@ -62,6 +67,15 @@ class BatchingWorker(SimpleWorker):
         self.recycle_above_mb = recycle_above_mb
         self.batches_run = 0
         self.recycled = False
+
+    def handle_exception(self, job: Job, *exc_info):
+        # A task failure the job already recorded and logged in a sentence (a fetch refused,
+        # a model that cannot be loaded, a cancel) is not a bug: no traceback for it.
+        if isinstance(exc_info[1], EXPECTED_FAILURES):
+            self.log.info("Worker %s: job %s ended failed: %s", self.name, job.id, exc_info[1])
+            call_exception_handlers(self._exc_handlers, job, *exc_info)
+            return
+        super().handle_exception(job, *exc_info)
 
     def execute_job(self, job: Job, queue: Queue):
         if job.func_name != JOB_FUNCTION:

@@ -20,10 +20,18 @@ the caller can report the reason instead of a bare "HTTP 403".
 
 The policy (how to resolve, which addresses are allowed) is injectable so
 tests can make a name count as public while it points at a loopback server.
+
+With an ``upstream`` proxy (``SEGUE_YTDLP_PROXY``, for hosts that YouTube
+refuses), the checks stay here and only the last leg changes: the guard
+still resolves and checks every host, then asks the upstream proxy for
+exactly a checked address (``CONNECT 203.0.113.7:443``, or an absolute
+``http://203.0.113.7/...`` URI with the original ``Host`` header), so the
+upstream never resolves a name the guard did not check.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import ipaddress
 import logging
@@ -34,7 +42,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from backend.urlguard import is_forbidden_address
 
@@ -108,6 +116,66 @@ def _connect(addresses: list[str], port: int, timeout: float) -> socket.socket:
     raise last or OSError("no address to connect to")
 
 
+def _authority(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An http:// proxy the guard forwards checked connections to."""
+
+    host: str
+    port: int
+    authorization: str | None = None  # a Proxy-Authorization header value
+
+    @classmethod
+    def parse(cls, url: str) -> "Upstream":
+        parts = urlsplit(url.strip())
+        if parts.scheme.lower() != "http" or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http://host:port proxy URL")
+        authorization = None
+        if parts.username is not None:
+            secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            authorization = "Basic " + base64.b64encode(secret).decode("ascii")
+        return cls(parts.hostname, parts.port or 8080, authorization)
+
+    def tunnel(self, addresses: list[str], port: int, timeout: float) -> socket.socket:
+        """A socket tunnelled by the upstream to the first checked address that answers."""
+        last: OSError | None = None
+        for address in addresses:
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+            try:
+                target = _authority(address, port)
+                request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+                if self.authorization:
+                    request += f"Proxy-Authorization: {self.authorization}\r\n"
+                sock.sendall((request + "\r\n").encode("ascii"))
+                status = _read_connect_answer(sock)
+                if status == 200:
+                    return sock
+                last = OSError(f"the upstream proxy answered {status} to CONNECT {target}")
+            except OSError as exc:
+                last = exc
+            sock.close()
+        raise last or OSError("no address to connect to")
+
+
+def _read_connect_answer(sock: socket.socket) -> int:
+    """Read the upstream's answer to CONNECT up to its blank line; return the status code."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        if len(data) > 16 * 1024:
+            raise OSError("the upstream proxy sent an oversized answer to CONNECT")
+        chunk = sock.recv(1)  # byte by byte: nothing past the blank line belongs to us
+        if not chunk:
+            raise OSError("the upstream proxy closed the connection during CONNECT")
+        data += chunk
+    try:
+        return int(data.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        raise OSError("the upstream proxy sent a malformed answer to CONNECT") from None
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "_ProxyServer"
     protocol_version = "HTTP/1.1"
@@ -146,9 +214,13 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._refuse(EgressRefused(f"malformed CONNECT target {target!r}", 400), target)
             return
+        owner = self.server.owner
         try:
-            addresses = self.server.owner.policy.check(host)
-            upstream = _connect(addresses, port, self.server.owner.timeout)
+            addresses = owner.policy.check(host)
+            if owner.upstream is not None:
+                upstream = owner.upstream.tunnel(addresses, port, owner.timeout)
+            else:
+                upstream = _connect(addresses, port, owner.timeout)
         except EgressRefused as exc:
             self._refuse(exc, target)
             return
@@ -196,9 +268,13 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             self._refuse(EgressRefused("chunked request bodies are not supported", 411), target)
             return
+        owner = self.server.owner
         try:
-            addresses = self.server.owner.policy.check(parts.hostname)
-            upstream = _connect(addresses, port, self.server.owner.timeout)
+            addresses = owner.policy.check(parts.hostname)
+            if owner.upstream is not None:
+                upstream = _connect([owner.upstream.host], owner.upstream.port, owner.timeout)
+            else:
+                upstream = _connect(addresses, port, owner.timeout)
         except EgressRefused as exc:
             self._refuse(exc, target)
             return
@@ -220,6 +296,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        if owner.upstream is not None:
+            # Absolute URI naming the checked address; Host keeps the name for the origin.
+            path = f"http://{_authority(addresses[0], port)}{path}"
+            if owner.upstream.authorization:
+                headers["Proxy-Authorization"] = owner.upstream.authorization
 
         connection = http.client.HTTPConnection(parts.hostname, port, timeout=self.server.owner.timeout)
         connection.sock = upstream  # exactly the address that was checked
@@ -265,9 +346,11 @@ class EgressProxy:
     ...     options["proxy"] = proxy.url
     """
 
-    def __init__(self, policy: EgressPolicy | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, policy: EgressPolicy | None = None, timeout: float = 30.0,
+                 upstream: str | None = None) -> None:
         self.policy = policy or EgressPolicy()
         self.timeout = timeout
+        self.upstream = Upstream.parse(upstream) if upstream else None
         self.refusals: list[str] = []
         self._lock = threading.Lock()
         self._server = _ProxyServer(("127.0.0.1", 0), _Handler)

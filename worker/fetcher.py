@@ -51,6 +51,8 @@ from backend.audiofile import decode_audio_file
 from backend.errors import AudioDecodeError, FetchError, UrlRefused
 from backend.urlguard import check_url_allowed, normalise_media_url
 from worker.egress_proxy import EgressPolicy, EgressProxy, EgressRefused
+from worker.ytdlp_runtime import ytdlp_options
+from worker.ytdlp_refusals import explain_refusal
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +91,19 @@ class _YtDlpLogger:
 def fetch_section(url: str, start: float, seconds: float, *, workdir: Path,
                   socket_timeout: float, allow_private: bool,
                   min_seconds: float = MIN_SECONDS,
-                  egress_policy: EgressPolicy | None = None) -> FetchedAudio:
+                  egress_policy: EgressPolicy | None = None,
+                  cookies_file: str | Path | None = None,
+                  upstream_proxy: str | None = None) -> FetchedAudio:
     """Fetch ``seconds`` of audio starting at ``start``; raise ``FetchError`` on failure.
 
     The result is shorter than ``seconds`` when the media ends first; shorter
     than ``min_seconds`` (nothing usable as a prompt) is a ``FetchError``.
     Unless ``allow_private``, all traffic goes through an ``EgressProxy``
     with ``egress_policy`` (default: the system resolver and urlguard's
-    address rules; tests inject their own).
+    address rules; tests inject their own). ``cookies_file`` (a cookies.txt)
+    is handed to yt-dlp as a private copy, so the host's file is never
+    rewritten; ``upstream_proxy`` is where the egress guard forwards checked
+    connections (or, with ``allow_private``, yt-dlp's own proxy).
     """
     if start < 0 or seconds <= 0:
         raise FetchError("the section to fetch must start at 0 s or later and last more than 0 s")
@@ -105,21 +112,30 @@ def fetch_section(url: str, start: float, seconds: float, *, workdir: Path,
     except UrlRefused as exc:
         raise FetchError(exc.message) from None
     _check_url(url, allow_private, egress_policy)
+    access = _Access(cookies_file, upstream_proxy)
     if allow_private:
         return _fetch(url, start, seconds, workdir, socket_timeout, allow_private,
-                      min_seconds, egress_policy, proxy=None)
+                      min_seconds, egress_policy, proxy=None, access=access)
     if os.environ.get("no_proxy", "").strip():
         # ffmpeg would connect directly to hosts matching no_proxy.
         raise FetchError("the server is misconfigured: no_proxy is set, so downloads "
                          "could bypass the address checks")
-    with EgressProxy(egress_policy, timeout=socket_timeout) as proxy:
+    with EgressProxy(egress_policy, timeout=socket_timeout, upstream=upstream_proxy) as proxy:
         return _fetch(url, start, seconds, workdir, socket_timeout, allow_private,
-                      min_seconds, egress_policy, proxy=proxy)
+                      min_seconds, egress_policy, proxy=proxy, access=access)
+
+
+@dataclass(frozen=True)
+class _Access:
+    """How the host gets past YouTube's refusals: its cookies and an upstream proxy."""
+
+    cookies_file: str | Path | None = None
+    upstream_proxy: str | None = None
 
 
 def _fetch(url: str, start: float, seconds: float, workdir: Path, socket_timeout: float,
            allow_private: bool, min_seconds: float, egress_policy: EgressPolicy | None,
-           proxy: EgressProxy | None) -> FetchedAudio:
+           proxy: EgressProxy | None, access: _Access) -> FetchedAudio:
 
     import yt_dlp  # heavy import, and only the worker needs it
 
@@ -129,6 +145,10 @@ def _fetch(url: str, start: float, seconds: float, workdir: Path, socket_timeout
         options = _options(scratch, start, seconds, socket_timeout)
         if proxy is not None:
             options["proxy"] = proxy.url
+        elif access.upstream_proxy:
+            options["proxy"] = access.upstream_proxy  # unguarded (allow_private): straight to the upstream
+        if access.cookies_file:
+            options["cookiefile"] = _private_cookies(Path(access.cookies_file), scratch)
         with yt_dlp.YoutubeDL(options) as ydl:
             try:
                 info = ydl.extract_info(url, download=False)
@@ -165,10 +185,26 @@ def _fetch(url: str, start: float, seconds: float, workdir: Path, socket_timeout
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _private_cookies(source: Path, scratch: Path) -> str:
+    """A copy of the host's cookies.txt for this fetch.
+
+    yt-dlp writes its cookie jar back to ``cookiefile`` when it closes; a
+    copy keeps the host's file unchanged (it may be read-only) and keeps
+    concurrent fetches from overwriting each other's updates.
+    """
+    if not source.is_file():
+        raise FetchError("the server's YouTube cookies file (SEGUE_YTDLP_COOKIES) is missing; "
+                         "the host should fix that setting")
+    copy = scratch / "cookies.txt"
+    shutil.copyfile(source, copy)
+    return str(copy)
+
+
 def _options(scratch: Path, start: float, seconds: float, socket_timeout: float) -> dict:
     from yt_dlp.utils import download_range_func
 
     return {
+        **ytdlp_options(),  # deno and the EJS solver scripts, nothing remote
         "format": "bestaudio/best",
         "outtmpl": {"default": str(scratch / "section.%(ext)s")},
         "paths": {"home": str(scratch), "temp": str(scratch)},
@@ -298,7 +334,11 @@ _BUG_REPORT = re.compile(r"[;.]?\s*please report this issue.*$", re.S | re.I)
 def describe_ytdlp_error(exc: Exception) -> str:
     """A short sentence for the task's error field from any yt-dlp exception."""
     from yt_dlp.networking.exceptions import HTTPError, NoSupportingHandlers, TransportError
-    from yt_dlp.utils import GeoRestrictedError, UnsupportedError
+    from yt_dlp.utils import UnsupportedError
+
+    refusal = explain_refusal(exc)
+    if refusal is not None:
+        return refusal
 
     cause = exc
     # DownloadError wraps the original exception in exc_info (bounded: never trust a chain).
@@ -316,8 +356,6 @@ def describe_ytdlp_error(exc: Exception) -> str:
         return "no audio found at this URL"
     if isinstance(cause, NoSupportingHandlers) or isinstance(original, NoSupportingHandlers):
         return "this kind of URL cannot be downloaded"
-    if isinstance(cause, GeoRestrictedError):
-        return "this media is not available in the server's country"
     for candidate in (cause, original):
         if isinstance(candidate, TransportError):
             text = str(candidate).lower()
@@ -333,5 +371,6 @@ def describe_ytdlp_error(exc: Exception) -> str:
     if "Requested format is not available" in text:
         return "no audio found at this URL"
     first_line = text.strip().splitlines()[0] if text.strip() else ""
-    text = _BUG_REPORT.sub("", _CAUSE.sub("", _PREFIX.sub("", first_line)))
+    # yt-dlp appends its bug-report plea after the cause: strip it first, then the cause.
+    text = _CAUSE.sub("", _BUG_REPORT.sub("", _PREFIX.sub("", first_line)))
     return (text[:200].rstrip(". ") or "the media could not be downloaded")

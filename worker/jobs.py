@@ -29,6 +29,7 @@ from . import audio as audio_ops
 from . import pipeline, runtime
 from .chunk_publisher import ChunkPublisher
 from .engine import GenerationCanceled
+from .model_cache import ModelUnavailable
 from .progress_reporter import ProgressReporter
 from .windows import WindowedGeneration
 
@@ -143,7 +144,9 @@ def _prepare(rt: runtime.Runtime, run: TaskRun) -> None:
         request = run.doc["request"]
         if run.doc["kind"] == "generate":
             run.prepared = pipeline.prepare_generate(request, fetch_timeout=rt.settings.fetch_timeout,
-                                                     allow_private=rt.settings.allow_private_urls)
+                                                     allow_private=rt.settings.allow_private_urls,
+                                                     cookies_file=rt.settings.ytdlp_cookies or None,
+                                                     upstream_proxy=rt.settings.ytdlp_proxy or None)
         else:
             clip = rt.services.store.read_audio(run.doc["input_file_id"])
             run.prepared = pipeline.prepare_continue(request, clip)
@@ -160,6 +163,10 @@ def _run_group(rt: runtime.Runtime, model: str, runs: list[TaskRun]) -> None:
         return
     try:
         engine = rt.models.get(model)
+    except ModelUnavailable as exc:  # already says which model and why
+        for run in ready:
+            run.error = exc
+        return
     except Exception as exc:
         for run in ready:
             run.error = TaskFailure(f"model {model} could not be loaded: {exc}")

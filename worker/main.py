@@ -23,12 +23,14 @@ from backend import heartbeat, webhooks
 from backend.maintenance import prune, reap_orphans, requeue_lost
 from backend.settings import Settings
 
-from . import runtime
+from . import runtime, ytdlp_runtime
 from .batching_worker import BatchingWorker
+from .model_cache import ModelUnavailable
 
 log = logging.getLogger("worker")
 
 PRUNE_EVERY_SECONDS = 3600
+RETRY_CHECK_SECONDS = 5.0
 
 
 class Heartbeat(threading.Thread):
@@ -40,12 +42,15 @@ class Heartbeat(threading.Thread):
         self.info = info
         self.stopped = threading.Event()
         self._pruned_at = 0.0
+        # False until the default model's first load attempt ended (loaded or failed): /health counts
+        # the worker live only then, so "live" still means "ready to run the default model".
+        self.ready = False
 
     def beat(self) -> None:
         rt = self.rt
         heartbeat.write(rt.services.redis, rt.worker_id,
-                        dict(self.info, models_loaded=rt.models.loaded(), current_tasks=rt.current_tasks,
-                             tasks_done=rt.tasks_done),
+                        dict(self.info, models_loaded=rt.models.loaded(), models_failed=rt.models.failures(),
+                             current_tasks=rt.current_tasks, tasks_done=rt.tasks_done, ready=self.ready),
                         rt.settings.heartbeat_seconds)
 
     def housekeeping(self) -> None:
@@ -54,6 +59,9 @@ class Heartbeat(threading.Thread):
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
             prune(self.rt.services)
             self._pruned_at = time.monotonic()
+            stale = ytdlp_runtime.stale_warning(self.info.get("yt_dlp"))
+            if stale:  # a worker that runs for months outlives its yt-dlp
+                log.warning(stale)
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -81,6 +89,26 @@ def torch_info(device: str) -> dict:
             "host": platform.node(), "cuda": torch.cuda.is_available()}
 
 
+def load_model(rt: runtime.Runtime, model: str) -> bool:
+    """Load ``model`` into the cache; a failure is logged (one line) and remembered, never raised."""
+    log.info("worker %s loading model %s", rt.worker_id, model)
+    started = time.monotonic()
+    try:
+        engine = rt.models.get(model)
+    except ModelUnavailable:
+        return False  # the cache logged which model, why, and when it tries again
+    log.info("model %s loaded on %s in %.1f s", model, engine.device, time.monotonic() - started)
+    return True
+
+
+def retry_failed_loads(rt: runtime.Runtime, beat: Heartbeat) -> None:
+    """Retry the default model while it fails; other models are retried when a task asks for them."""
+    default = rt.settings.default_model
+    while not beat.stopped.wait(RETRY_CHECK_SECONDS):
+        if default in rt.models.retry_due() and load_model(rt, default):
+            beat.beat()
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     # yt-dlp hands this process's environment to ffmpeg, and ffmpeg bypasses
@@ -90,20 +118,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker: ignoring {name}: media downloads always go through the address guard", flush=True)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rt = runtime.init(settings)
-    log.info("worker %s loading default model %s", rt.worker_id, settings.default_model)
-    started = time.monotonic()
-    engine = rt.models.get(settings.default_model)
-    log.info("model %s loaded on %s in %.1f s", settings.default_model, engine.device, time.monotonic() - started)
+    from .device import pick_device
+
+    # Heartbeat first: /health sees this worker (and any model that fails to load) from the start.
+    info = dict(torch_info(str(pick_device(settings.device, settings.half_precision)[0])), pid=os.getpid(),
+                **ytdlp_runtime.report())
+    log.info("worker %s: yt-dlp %s, JS runtime %s, EJS scripts %s", rt.worker_id, info["yt_dlp"],
+             info["js_runtime"] or "NONE (YouTube links will fail)", info["ejs"] or "NONE")
+    stale = ytdlp_runtime.stale_warning(info["yt_dlp"])
+    if stale:
+        log.warning(stale)
+    beat = Heartbeat(rt, info)
+    beat.beat()
+    beat.start()
+    load_model(rt, settings.default_model)
+    beat.ready = True
+    beat.beat()
 
     # librosa compiles its numba kernels on first use (tens of seconds on a
     # fresh install); do it now rather than inside the first task.
     from .tempo import warm_up
 
     warm_up()
-    info = dict(torch_info(engine.device), pid=os.getpid())
-    beat = Heartbeat(rt, info)
-    beat.beat()
-    beat.start()
+    # A default model that failed to load is tried again in the background, with back-off.
+    threading.Thread(target=retry_failed_loads, args=(rt, beat), name="segue-model-retry", daemon=True).start()
     # Webhook deliveries wait in Redis; every worker sends due ones, each delivery made by one of them.
     webhook_sender = threading.Thread(target=webhooks.run_delivery_loop, args=(rt.services, beat.stopped),
                                       name="segue-webhooks", daemon=True)

@@ -69,12 +69,14 @@ def _generation_request(request: dict, prompt: np.ndarray, sr: int, total: float
                              melody_conditioning=bool(request.get("melody")))
 
 
-def prepare_generate(request: dict, *, fetch_timeout: float, allow_private: bool) -> Prepared:
+def prepare_generate(request: dict, *, fetch_timeout: float, allow_private: bool,
+                     cookies_file: str | None = None, upstream_proxy: str | None = None) -> Prepared:
     prompt_length = float(request["promptLength"])
     with tempfile.TemporaryDirectory(prefix="segue-fetch-") as workdir:
         fetched = fetch_section(request["url"], float(request["currentTime"]),
                                 max(prompt_length, TEMPO_WINDOW_SECONDS), workdir=Path(workdir),
-                                socket_timeout=fetch_timeout, allow_private=allow_private)
+                                socket_timeout=fetch_timeout, allow_private=allow_private,
+                                cookies_file=cookies_file, upstream_proxy=upstream_proxy)
     sr = fetched.sample_rate
     bpm = round(float(detect_bpm(fetched.audio, sr)), 2)
     prompt = fetched.audio[:, : int(round(prompt_length * sr))]

@@ -46,8 +46,10 @@ def init(settings: Settings, worker_id: str | None = None) -> Runtime:
 
     def load(model_ref: str) -> MusicGenEngine:
         # An audiocraft checkpoint is converted once (cached under SEGUE_DATA_DIR); the cache keeps
-        # the configured ref as its key, so /health and /models report the name users chose.
-        return load_engine(resolve_model(model_ref, settings.data_dir), device=settings.device,
+        # the configured id as its key (an alias's ID, not its PATH), so /health and /models report
+        # the name users chose.
+        source = settings.model_source(model_ref)
+        return load_engine(resolve_model(source, settings.data_dir), device=settings.device,
                            half_precision=settings.half_precision, cpu_threads=settings.torch_threads)
 
     _runtime = Runtime(settings=settings, services=Services.from_settings(settings, blocking_reads=True),

@@ -12,7 +12,7 @@ bp = Blueprint("generation", __name__)
 @bp.post("/generate")
 def generate():
     s = services()
-    values = schemas.GENERATE.parse(json_body(), choices={"model": s.settings.models})
+    values = schemas.GENERATE.parse(json_body(), choices={"model": s.settings.model_ids})
     schemas.check_generate(values)
     return jsonify(svc.submit_generate(s, values)), 202
 
@@ -20,6 +20,6 @@ def generate():
 @bp.post("/continue")
 def continue_clip():
     s = services()
-    values = schemas.CONTINUE.parse(json_body(), choices={"model": s.settings.models})
+    values = schemas.CONTINUE.parse(json_body(), choices={"model": s.settings.model_ids})
     schemas.check_continue(values)
     return jsonify(svc.submit_continue(s, values)), 202

@@ -89,6 +89,11 @@ function render(health, sidecar) {
     down.push("Sidecar");
   }
 
+  const partsLive = report && ["mongodb", "redis", "pytorch"].every((part) => report[part] === "live");
+  if (partsLive && report.status !== "live" && Object.keys(report.models_failed || {}).length) {
+    down.push("Default model");  // every part answers, but no worker could load the default model
+  }
+
   while (samples.length && now - samples[0].t > HISTORY_MS) samples.shift();
 
   const hero = $("hero");
@@ -120,6 +125,14 @@ function renderStats(report, now) {
 
   const models = report.models_loaded || [];
   $("models").replaceChildren(...(models.length ? models.map((m) => chip(m)) : [span("muted", "none loaded")]));
+  // Models a worker could not load, with its reason: the host's to fix (network, SEGUE_MODELS).
+  const failed = Object.entries(report.models_failed || {});
+  $("model-failures").replaceChildren(...failed.map(([model, reason]) => {
+    const li = document.createElement("li");
+    li.append(span("chip failed", shortName(model)), span("reason", `could not be loaded: ${reason}`));
+    li.title = model;
+    return li;
+  }));
 
   const workers = report.worker_details || [];
   $("heartbeat-note").textContent = `heartbeat every ${config.heartbeatSeconds || 10} s`;
@@ -168,9 +181,12 @@ function span(className, text) {
   return Object.assign(document.createElement("span"), { className, textContent: text });
 }
 
+function shortName(model) {
+  return model.startsWith("/") ? model.split("/").filter(Boolean).pop() : model;
+}
+
 function chip(model) {
-  const name = model.startsWith("/") ? model.split("/").filter(Boolean).pop() : model;
-  const node = span("chip", name);
+  const node = span("chip", shortName(model));
   node.title = model;
   return node;
 }
@@ -187,23 +203,34 @@ function workerRow(worker) {
   const tr = document.createElement("tr");
   const running = worker.current_tasks || [];
   const count = Array.isArray(running) ? running.length : Number(running) || 0;
-  const models = (worker.models_loaded || []).map((m) => (m.startsWith("/") ? m.split("/").filter(Boolean).pop() : m));
+  const models = (worker.models_loaded || []).map(shortName);
+  const failed = Object.keys(worker.models_failed || {}).map((m) => `${shortName(m)} (failed)`);
   tr.append(
     cell("Worker", worker.worker_id || "?", "id"),
     cell("Host · PID", `${worker.host || "?"} · ${worker.pid ?? "?"}`, "mono"),
     cell("Device", worker.device || "?"),
-    cell("Models", models.join(", ") || "none"),
-    cell("Running", count ? `${count} task${count === 1 ? "" : "s"}` : "idle", count ? "busy" : "idle"),
+    cell("Models", [...models, ...failed].join(", ") || "none", failed.length ? "warn" : ""),
+    cell("yt-dlp · JS runtime", ytdlpText(worker), worker.js_runtime ? "mono" : "mono warn"),
+    worker.ready === false
+      ? cell("Running", "loading model", "busy")
+      : cell("Running", count ? `${count} task${count === 1 ? "" : "s"}` : "idle", count ? "busy" : "idle"),
     cell("Done", String(worker.tasks_done ?? 0), "num"),
   );
   return tr;
+}
+
+function ytdlpText(worker) {
+  if (!worker.yt_dlp) return "?";
+  const age = worker.yt_dlp_age_days > 60 ? ` (${worker.yt_dlp_age_days} days old)` : "";
+  const runtime = worker.js_runtime || "no JS runtime: YouTube will fail";
+  return `${worker.yt_dlp}${age} · ${runtime}`;
 }
 
 function emptyRow() {
   const tr = document.createElement("tr");
   tr.className = "empty";
   const td = document.createElement("td");
-  td.colSpan = 6;
+  td.colSpan = 7;
   td.textContent = "No worker has reported in the last heartbeats.";
   tr.append(td);
   return tr;
