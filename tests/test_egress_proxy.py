@@ -107,14 +107,21 @@ def test_connect_to_a_refused_host_is_refused(private, proxy):
     assert "127.0.0.1" in proxy.refusals[0]
 
 
+def _get_through_tunnel(proxy_url, host, port, path):
+    """GET ``path`` from ``host:port`` through a CONNECT tunnel of the proxy; (status, body)."""
+    proxy_host, proxy_port = proxy_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(proxy_host, int(proxy_port), timeout=5)
+    try:
+        connection.set_tunnel(host, port)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def test_connect_to_an_allowed_host_tunnels(public, proxy, noise):
-    host, port = proxy.url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=5)
-    connection.set_tunnel("public.test", public.port)
-    connection.request("GET", "/noise.wav")
-    response = connection.getresponse()
-    assert response.status == 200 and response.read() == wav_bytes(noise, SR)
-    connection.close()
+    assert _get_through_tunnel(proxy.url, "public.test", public.port, "/noise.wav") == (200, wav_bytes(noise, SR))
 
 
 def test_ffprobe_follows_redirects_through_the_proxy(public, private, proxy):
@@ -209,13 +216,8 @@ def test_upstream_proxy_never_hears_of_a_refused_host(public, private, upstream,
 
 def test_connect_through_the_upstream_names_the_checked_address(public, noise, upstream):
     with EgressProxy(POLICY, timeout=5, upstream=upstream.url) as guard:
-        host, port = guard.url.removeprefix("http://").split(":")
-        connection = http.client.HTTPConnection(host, int(port), timeout=5)
-        connection.set_tunnel("public.test", public.port)
-        connection.request("GET", "/noise.wav")
-        response = connection.getresponse()
-        assert response.status == 200 and response.read() == wav_bytes(noise, SR)
-        connection.close()
+        assert _get_through_tunnel(guard.url, "public.test", public.port, "/noise.wav") == \
+            (200, wav_bytes(noise, SR))
     assert upstream.asked == [PUBLIC_ADDRESS]
 
 
