@@ -11,6 +11,7 @@ from tests.conftest import noise
 from tests.test_engine_batching import mixed_requests
 from worker.engine import GenerationCanceled, GenerationRequest, GenerationResult
 from worker.engine.scheduler import Scheduler
+from worker.windows import WindowedGeneration
 
 
 def audio_of(outcomes: list) -> list[np.ndarray]:
@@ -175,3 +176,38 @@ def test_stereo_model_alone_batched_and_as_today(stereo_engine):
     for request, audio in zip(requests, batched):
         assert audio.shape == (2, round(request.total_seconds * 32000))
         np.testing.assert_array_equal(audio, audio_of(stereo_engine.generate_each([request]))[0])
+
+
+def todays_windowed(engine, request: GenerationRequest) -> np.ndarray:
+    """Today's way past 30 s (worker.jobs): one generate call per window."""
+    windows = WindowedGeneration(request, engine.sample_rate, engine.hop_length)
+    while not windows.done:
+        (result,) = audio_of(engine.generate_each([windows.next_request()]))
+        windows.accept(GenerationResult(result, engine.sample_rate))
+    return windows.result().audio
+
+
+def test_past_30_s_a_task_keeps_its_rows_across_windows_and_sounds_as_today(engine):
+    scheduler = Scheduler(engine, max_rows=6, max_text=32, prefill_chunk=128)
+    # B's first window ends first (2 s prompt, 28 s new): it prefills its second window in place, in
+    # rows 0-1, while A (rows 2-3) keeps decoding its first window.
+    b = GenerationRequest(noise(1, 2.0, 32000, seed=6), 32000, 34.0, seed=4)
+    a = GenerationRequest(noise(1, 1.0, 32000, seed=5), 32000, 33.0, text="rock", seed=3)
+    progress: list[tuple[int, int]] = []
+    a.on_progress = lambda step, total: progress.append((step, total))
+    b_task, a_task = scheduler.submit(b, 0), scheduler.submit(a, 1)
+    in_place_beside_decoding = 0
+    while not scheduler.idle:
+        scheduler.step()
+        for task in (a_task, b_task):
+            assert task.phase != "waiting" or task.windows.window == 0  # never queued again between windows
+        if (b_task.phase == "prefilling" and b_task.windows.window == 1 and a_task.phase == "decoding"
+                and a_task.first_row > b_task.first_row):
+            in_place_beside_decoding += 1
+    assert in_place_beside_decoding >= 2
+    assert a_task.windows.window == b_task.windows.window == 2
+    assert a_task.outcome.audio.shape == (1, 33 * 32000)
+    # Progress: one scale for the whole task, monotonic, ending at 100 %.
+    assert [p for p, _ in progress] == sorted(p for p, _ in progress) and progress[-1] == (10_000, 10_000)
+    np.testing.assert_array_equal(a_task.outcome.audio, todays_windowed(engine, a))
+    np.testing.assert_array_equal(b_task.outcome.audio, todays_windowed(engine, b))

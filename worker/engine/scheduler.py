@@ -20,6 +20,13 @@ Each iteration (``step``) does, in order:
 4. **Retire** every task that finished (its audio decoded now), was canceled
    or failed, and compact the cache so the rows in use stay leading.
 
+**Past 30 s.** MusicGen attends over at most 30 s, so a longer request runs
+in windows (``worker.windows.WindowedGeneration``, exactly as today: each
+later window continues the last 12 s with a seed derived from the task's).
+Between windows the task keeps its rows: its next window is prepared and
+prefilled in place (while the others keep decoding) instead of queueing
+again behind newer tasks.
+
 A failure is its task's alone: invalid input fails at ``submit``; preparing,
 sampling, callbacks and the final decode fail only their task; if a batched
 forward pass raises, each task's rows are stepped alone and only the tasks
@@ -42,6 +49,7 @@ from worker.engine.kv_cache import KVCache
 from worker.engine.step import DecoderStep
 from worker.sampling import SamplingSettings, draw
 from worker.streaming import RowStreamer
+from worker.windows import WINDOW_SECONDS, WindowedGeneration
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,7 @@ class Task:
     length: int = 0  # positions in the cache
     drawn: int = 0  # steps drawn so far
     outcome: GenerationResult | BaseException | None = None
+    windows: WindowedGeneration | None = None  # results past 30 s, one window at a time
 
     @property
     def span(self) -> slice:
@@ -82,10 +91,11 @@ class Task:
 class Scheduler:
     """Continuous batching of one loaded MusicGen (``MusicGenEngine``: model, processor, EnCodec helpers)."""
 
-    def __init__(self, engine: MusicGenEngine, *, max_rows: int = 16, max_seconds: float = 30.0,
+    def __init__(self, engine: MusicGenEngine, *, max_rows: int = 16, max_seconds: float = WINDOW_SECONDS,
                  max_text: int = 256, prefill_chunk: int = 64, decoder=None):
         """``decoder``: the ``MusicgenForCausalLM`` to step (default the engine's; ``quantize`` makes others).
-        ``max_seconds``: the longest output (prompt included) a task may ask for."""
+        ``max_seconds``: the longest window (prompt included) the cache holds; longer requests run in
+        windows of ``WINDOW_SECONDS``."""
         self.engine = engine
         model = engine.model
         decoder = decoder if decoder is not None else model.decoder
@@ -120,22 +130,32 @@ class Scheduler:
     def submit(self, request: GenerationRequest, index: int = 0) -> Task:
         """Queue a request; invalid input comes back as a task already failed with ``ValueError``."""
         try:
-            plan = self.engine._plan(index, request)
+            plan = self.engine._plan(index, request)  # validates the whole request
+            windows = None
+            if request.total_seconds > WINDOW_SECONDS:
+                windows = WindowedGeneration(request, self.engine.sample_rate, self.engine.hop_length)
+                plan = self.engine._plan(index, windows.next_request())
         except Exception as exc:  # noqa: BLE001 - bad input fails its own task
             plan = _Plan(index, request, None, 0, 0, 0)  # type: ignore[arg-type]
             task = Task(plan, RowState(index, 0, None, None), None, None, 0)  # type: ignore[arg-type]
             task.state.fail(exc)
             task.outcome, task.phase = exc, RETIRED
             return task
-        settings = plan.sampling()
-        state = RowState(index, plan.max_new_tokens, request.on_progress, request.should_stop)
-        if request.on_audio is not None:
-            state.streamer = RowStreamer(request.on_audio, plan.new_frames,
-                                         plan.total_samples - plan.prompt.shape[1], self.engine.hop_length)
-        task = Task(plan, state, settings, torch.Generator(device=self.engine._torch_device).manual_seed(settings.seed),
-                    rows=2 if plan.guided else 1)
+        task = Task(plan, None, None, None, rows=2 if plan.guided else 1, windows=windows)  # type: ignore[arg-type]
+        self._start_window(task, plan)
         self.waiting.append(task)
         return task
+
+    def _start_window(self, task: Task, plan: _Plan) -> None:
+        """Fresh per-window state: steps, callbacks, streamer, the window's own seeded generator."""
+        request = plan.request
+        task.plan, task.settings = plan, plan.sampling()
+        task.state = RowState(plan.index, plan.max_new_tokens, request.on_progress, request.should_stop)
+        if request.on_audio is not None:
+            task.state.streamer = RowStreamer(request.on_audio, plan.new_frames,
+                                              plan.total_samples - plan.prompt.shape[1], self.engine.hop_length)
+        task.generator = torch.Generator(device=self.engine._torch_device).manual_seed(task.settings.seed)
+        task.length = task.drawn = 0
 
     def run(self, requests: list[GenerationRequest]) -> list[GenerationResult | BaseException]:
         """Submit all, step until they are done; outcomes in request order (like ``generate_each``)."""
@@ -181,21 +201,24 @@ class Scheduler:
                 self._fail(task, exc)
                 self._end(task)
 
-    def _prepare(self, task: Task) -> None:
+    def _prepare(self, task: Task, in_place: bool = False) -> None:
+        """Encode the prompt and text, lay out the sequence; new tasks take the next free rows."""
         engine, plan = self.engine, task.plan
         task.prompt_codes, task.scales = engine._encode_prompt(plan.prompt)
         task.ids = delay.build_sequence(task.prompt_codes, plan.new_frames, self.delays)
         if task.ids.shape[1] > self.max_positions:
             raise ValueError(f"this scheduler holds {self.max_positions} positions per task, "
                              f"the request needs {task.ids.shape[1]}")
-        text = engine._encode_text(plan.request.text or "")
-        task.first_row = self.rows_in_use
-        self.step_fn.set_text(task.span, text, plan.guided)
+        if not in_place:
+            text = engine._encode_text(plan.request.text or "")
+            task.first_row = self.rows_in_use
+            self.step_fn.set_text(task.span, text, plan.guided)  # a later window keeps the same text
         if task.state.streamer is not None:
             scales = task.scales
             task.state.streamer.bind(task.prompt_codes, lambda codes: engine._decode(codes, scales))
         task.phase = PREFILLING
-        self.active.append(task)
+        if not in_place:
+            self.active.append(task)
 
     def _prefill(self) -> None:
         task = next((t for t in self.active if t.phase == PREFILLING), None)
@@ -221,10 +244,12 @@ class Scheduler:
         tasks = [t for t in self.active if t.phase == DECODING and t.state.status == RUNNING]
         if not tasks:
             return
-        # Tasks that left this iteration were retired already, so the decoding tasks hold the leading
-        # rows, possibly with a finished one among them: its row is stepped too (harmlessly) to keep
-        # the batch a plain slice.
-        batch = [t for t in self.active if t.phase == DECODING]
+        # The batch is a plain slice of leading rows, up to the last decoding task. Rows among them that
+        # do not decode now (a task prefilling its next window, one that just finished) are stepped too,
+        # harmlessly: their logits are ignored, and the key/value written at their next position is
+        # overwritten by their next prefill chunk before anything attends to it.
+        last = max(i for i, t in enumerate(self.active) if t.phase == DECODING)
+        batch = self.active[: last + 1]
         try:
             logits = self._forward(batch)
         except Exception as exc:  # noqa: BLE001 - find out whose rows break the pass
@@ -239,7 +264,7 @@ class Scheduler:
             return
         row = 0
         for task in batch:
-            if task.state.status == RUNNING:
+            if task.phase == DECODING and task.state.status == RUNNING:
                 self._draw(task, logits[row : row + task.rows], advance=True)
             row += task.rows
 
@@ -275,6 +300,9 @@ class Scheduler:
         state.poll_stop(task.drawn)
 
     def _retire(self) -> None:
+        for task in self.active:
+            if task.windows is not None and task.state.status == DONE:
+                self._next_window(task)
         leaving = [t for t in self.active if t.state.status != RUNNING]
         if not leaving:
             return
@@ -288,11 +316,25 @@ class Scheduler:
                 task.first_row = row
             row += task.rows
 
+    def _next_window(self, task: Task) -> None:
+        """A window is done: keep its audio; unless that was the last, prepare the next in the same rows."""
+        windows = task.windows
+        try:
+            windows.accept(self._finish(task))
+            if windows.done:
+                return  # retired with the whole result (see _end)
+            if task.state.streamer is not None:
+                task.state.streamer.unbind()
+            self._start_window(task, self.engine._plan(task.plan.index, windows.next_request()))
+            self._prepare(task, in_place=True)
+        except Exception as exc:  # noqa: BLE001 - this task's own failure
+            self._fail(task, exc)
+
     def _end(self, task: Task) -> None:
         state = task.state
         if state.status == DONE:
             try:
-                task.outcome = self._finish(task)
+                task.outcome = task.windows.result() if task.windows is not None else self._finish(task)
             except Exception as exc:  # noqa: BLE001 - decoding its audio failed: this task only
                 self._fail(task, exc)
         if state.status != DONE:
