@@ -20,6 +20,11 @@ Each iteration (``step``) does, in order:
 4. **Retire** every task that finished (its audio decoded now), was canceled
    or failed, and compact the cache so the rows in use stay leading.
 
+**Melody models** condition through a prefix of the decoder's input (chroma,
+then text; see ``worker.melody_engine``) instead of cross-attention: a
+task's rows start with its prefix positions (``Task.offset`` of them,
+prefilled like the prompt) and its token sequence follows.
+
 **Past 30 s.** MusicGen attends over at most 30 s, so a longer request runs
 in windows (``worker.windows.WindowedGeneration``, exactly as today: each
 later window continues the last 12 s with a seed derived from the task's).
@@ -70,7 +75,9 @@ class Task:
     ids: torch.Tensor | None = None  # (K, sequence length) delayed, -1 where still to be drawn
     prompt_codes: torch.Tensor | None = None
     scales: list = field(default_factory=list)
-    length: int = 0  # positions in the cache
+    length: int = 0  # positions in the cache (the melody prefix included)
+    offset: int = 0  # melody models: prefix positions in front of the token sequence
+    prefix: torch.Tensor | None = None  # melody models: prefix + prompt input embeddings, for the prefill
     drawn: int = 0  # steps drawn so far
     outcome: GenerationResult | BaseException | None = None
     windows: WindowedGeneration | None = None  # results past 30 s, one window at a time
@@ -82,6 +89,15 @@ class Task:
     @property
     def prompt_frames(self) -> int:
         return self.prompt_codes.shape[-1]
+
+    @property
+    def prefill_end(self) -> int:
+        return self.offset + 1 + self.prompt_frames
+
+    @property
+    def next_token(self) -> int:
+        """Sequence position (delay-pattern coordinates) of the next token to feed."""
+        return self.length - self.offset
 
     @property
     def done(self) -> bool:
@@ -101,14 +117,17 @@ class Scheduler:
         decoder = decoder if decoder is not None else model.decoder
         config = decoder.config
         self.delays = delay.delays(engine.num_codebooks, engine.channels)
+        self.melody = hasattr(engine, "chroma_length")
         self.max_positions = delay.sequence_length(math.ceil(max_seconds * engine.frame_rate) + 1, 0,
                                                    max(self.delays))
+        self.max_prefix = engine.chroma_length + max_text if self.melody else 0
         self.cache = KVCache(layers=config.num_hidden_layers, rows=max_rows, heads=config.num_attention_heads,
                              head_dim=config.hidden_size // config.num_attention_heads,
-                             max_positions=self.max_positions, max_text=max_text,
+                             max_positions=self.max_prefix + self.max_positions,
+                             max_text=0 if self.melody else max_text,
                              dtype=engine._dtype, device=engine._torch_device)
-        projection = None
-        if (model.text_encoder.config.hidden_size != config.hidden_size
+        projection = None  # melody engines project the text themselves (it is part of their prefix)
+        if (not self.melody and model.text_encoder.config.hidden_size != config.hidden_size
                 and config.cross_attention_hidden_size is None):
             projection = model.enc_to_dec_proj
         self.step_fn = DecoderStep(decoder, self.cache, projection)
@@ -155,7 +174,7 @@ class Scheduler:
             task.state.streamer = RowStreamer(request.on_audio, plan.new_frames,
                                               plan.total_samples - plan.prompt.shape[1], self.engine.hop_length)
         task.generator = torch.Generator(device=self.engine._torch_device).manual_seed(task.settings.seed)
-        task.length = task.drawn = 0
+        task.length = task.drawn = task.offset = 0
 
     def run(self, requests: list[GenerationRequest]) -> list[GenerationResult | BaseException]:
         """Submit all, step until they are done; outcomes in request order (like ``generate_each``)."""
@@ -209,10 +228,18 @@ class Scheduler:
         if task.ids.shape[1] > self.max_positions:
             raise ValueError(f"this scheduler holds {self.max_positions} positions per task, "
                              f"the request needs {task.ids.shape[1]}")
+        if self.melody:  # the prefix: chroma of this window's prompt (or none), then the text
+            prefix = engine._conditioning(plan)
+            if prefix.shape[1] > self.max_prefix:
+                raise ValueError(f"the conditioning is {prefix.shape[1]} positions; this scheduler holds "
+                                 f"{self.max_prefix}")
+            prompt = task.ids[None, :, : 1 + task.prompt_frames].expand(task.rows, -1, -1)
+            task.prefix = torch.cat([prefix, self.step_fn.embed_tokens(prompt)], dim=1)
+            task.offset = prefix.shape[1]
         if not in_place:
-            text = engine._encode_text(plan.request.text or "")
             task.first_row = self.rows_in_use
-            self.step_fn.set_text(task.span, text, plan.guided)  # a later window keeps the same text
+            if not self.melody:  # a later window keeps the same text
+                self.step_fn.set_text(task.span, engine._encode_text(plan.request.text or ""), plan.guided)
         if task.state.streamer is not None:
             scales = task.scales
             task.state.streamer.bind(task.prompt_codes, lambda codes: engine._decode(codes, scales))
@@ -227,17 +254,21 @@ class Scheduler:
         task.state.poll_stop(0)
         if task.state.status != RUNNING:
             return
-        prompt_end = 1 + task.prompt_frames
+        prompt_end = task.prefill_end
         start, end = task.length, min(task.length + self.prefill_chunk, prompt_end)
         try:
-            ids = task.ids[None, :, start:end].expand(task.rows, -1, -1)
-            logits = self.step_fn.prefill(task.span, ids, start)
+            if task.prefix is not None:
+                inputs = task.prefix[:, start:end]
+            else:
+                inputs = task.ids[None, :, start:end].expand(task.rows, -1, -1)
+            logits = self.step_fn.prefill(task.span, inputs, start)
         except Exception as exc:  # noqa: BLE001 - only this task's rows were in the pass
             self._fail(task, exc)
             return
         task.length = end
         if end == prompt_end:
             task.phase = DECODING
+            task.prefix = None
             self._draw(task, logits)
 
     def _decode(self) -> None:
@@ -270,7 +301,8 @@ class Scheduler:
 
     def _forward(self, tasks: list[Task]) -> torch.Tensor:
         """One decoding position for the given tasks' rows (contiguous, in row order)."""
-        ids = torch.cat([t.ids[:, t.length][None].expand(t.rows, -1) for t in tasks])
+        # (max(0, ...): a task still prefilling a melody prefix, stepped harmlessly, has no token yet.)
+        ids = torch.cat([t.ids[:, max(0, t.next_token)][None].expand(t.rows, -1) for t in tasks])
         positions = torch.tensor([t.length for t in tasks for _ in range(t.rows)], device=ids.device)
         span = slice(tasks[0].first_row, tasks[-1].first_row + tasks[-1].rows)
         return self.step_fn.decode(span, ids, positions)
@@ -287,7 +319,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - e.g. settings that only fail when used
             self._fail(task, exc)
             return
-        delay.place(task.ids, task.length, tokens)
+        delay.place(task.ids, task.next_token, tokens)
         task.drawn += 1
         if state.streamer is not None:
             state.streamer.advance(
@@ -342,7 +374,7 @@ class Scheduler:
         if state.streamer is not None:
             state.streamer.unbind()
         task.phase = RETIRED
-        task.ids = task.prompt_codes = None
+        task.ids = task.prompt_codes = task.prefix = None
         task.scales = []
 
     def _finish(self, task: Task) -> GenerationResult:

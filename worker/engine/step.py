@@ -10,6 +10,11 @@ attention, cross-attention, GELU MLP; no embedding scale, no biases in
 attention), and ``tests/test_engine_v2_step`` checks the logits against
 ``MusicgenForConditionalGeneration``'s own forward pass.
 
+Melody models (``MusicgenMelodyForCausalLM``) have no cross-attention: their
+conditioning (chroma, then text) is a prefix of the decoder's input, so a
+task's cache rows start with those prefix positions (``prefill`` takes
+embeddings as well as token ids) and its tokens sit after them.
+
 The layers' submodules are called one by one (``q_proj``, ``fc1``, ...), so a
 decoder whose ``Linear`` layers were swapped for int8 ones (``quantize``)
 runs unchanged.
@@ -36,6 +41,7 @@ class DecoderStep:
         self.num_codebooks = decoder.config.num_codebooks
         self.cache = cache
         self.text_projection = text_projection
+        self.cross_attention = hasattr(self.layers[0], "encoder_attn")  # melody models have none
         positions = self.body.embed_positions
         if positions.weights.shape[0] < cache.max_positions:
             positions.make_weights(cache.max_positions, positions.embedding_dim)
@@ -60,14 +66,19 @@ class DecoderStep:
 
     # -- forward passes --------------------------------------------------------
 
-    def prefill(self, rows: slice, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """Positions ``[start, start + C)`` of one task's rows: ``ids`` ``(rows, K, C)``.
+    def prefill(self, rows: slice, inputs: torch.Tensor, start: int) -> torch.Tensor:
+        """Positions ``[start, start + C)`` of one task's rows: token ``ids`` ``(rows, K, C)``, or input
+        embeddings ``(rows, C, width)`` (a melody model's prefix; ``embed_tokens`` for its tokens).
 
         Returns the logits of the chunk's last position, ``(rows, K, vocab)``."""
-        chunk = ids.shape[-1]
+        ids = inputs
+        chunk = ids.shape[-1] if not ids.is_floating_point() else ids.shape[1]
         end = start + chunk
         positions = torch.arange(start, end, device=ids.device)
-        hidden = self._embed(ids, positions[None].expand(ids.shape[0], -1))
+        if ids.is_floating_point():
+            hidden = ids + self.position_table[positions].to(ids.dtype)
+        else:
+            hidden = self._embed(ids, positions[None].expand(ids.shape[0], -1))
         keys = torch.arange(end, device=ids.device)
         mask = torch.zeros((chunk, end), dtype=hidden.dtype, device=ids.device)
         mask.masked_fill_(keys[None, :] > positions[:, None], self.cache.masked)  # causal
@@ -99,9 +110,13 @@ class DecoderStep:
 
     # -- parts -----------------------------------------------------------------
 
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(rows, K, C)`` token ids -> ``(rows, C, width)``: the sum of the codebooks' embeddings, in
+        transformers' order (no position yet)."""
+        return sum(self.body.embed_tokens[c](ids[:, c]) for c in range(self.num_codebooks))
+
     def _embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # The sum of the codebooks' embeddings (in transformers' order), plus the sinusoidal position.
-        tokens = sum(self.body.embed_tokens[c](ids[:, c]) for c in range(self.num_codebooks))
+        tokens = self.embed_tokens(ids)
         return tokens + self.position_table[positions].to(tokens.dtype)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,6 +137,10 @@ class DecoderStep:
             x = scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=attention.scaling)
             hidden = hidden + attention.out_proj(self._merge(x))
 
+            if not self.cross_attention:
+                x = layer.final_layer_norm(hidden)
+                hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+                continue
             attention = layer.encoder_attn
             x = layer.encoder_attn_layer_norm(hidden)
             query = self._split(attention.q_proj(x))
