@@ -14,6 +14,12 @@ weights do not change speed), guided tasks (two rows each):
 - ``drift``: next-token distributions of each int8 mode against float32 on
   the same random tokens (mean KL in nats, top-1 agreement).
 
+With ``--e2e``, also whole generations of ``make bench``'s work unit (2 s
+prompt, 1 s new audio, top-k 250, guidance 3.0) for 1 and 8 tasks: today's
+engine (``generate_each``: one static batch through transformers'
+``generate``) against v2's scheduler in float32 and with int8 weights
+(``e2e_s``, seconds each, and ``e2e_v2_vs_static``).
+
 Configurations are measured interleaved, ``--repeats`` rounds, each on a
 machine left quiet by other processes (``bench.quiet``; retaken once if
 disturbed), and each reports its fastest round: on a shared 2-core machine
@@ -48,6 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--e2e", action="store_true", help="also time whole generations (a few minutes)")
     parser.add_argument("--max-quiet-wait", type=float, default=30.0,
                         help="seconds to wait for other processes to calm down before each measurement")
     return parser.parse_args(argv)
@@ -159,6 +166,47 @@ def drift_of(model, decoders: dict, positions: int) -> dict:
     return {name: drift(logits["fp32"], value) for name, value in logits.items() if name != "fp32"}
 
 
+def end_to_end(model_path: Path, settler, tasks_list: list[int]) -> dict:
+    """Seconds for whole generations: today's engine vs v2 (float32, int8), 1 and 8 tasks."""
+    from worker.engine import GenerationRequest, MusicGenEngine
+    from worker.engine.quantize import quantize_decoder
+    from worker.engine.scheduler import Scheduler
+
+    from .workload import CFG_COEF, SAMPLE_RATE, TOP_K, Workload
+
+    work = Workload()
+    engine = MusicGenEngine(str(model_path), device="cpu")
+    prompt = work.prompt_array()[None]
+
+    def requests(count: int) -> list:
+        return [GenerationRequest(prompt, SAMPLE_RATE, work.total_seconds, seed=i, top_k=TOP_K, cfg_coef=CFG_COEF)
+                for i in range(count)]
+
+    rows = 2 * max(tasks_list)
+    runners = {
+        "static": lambda reqs: engine.generate_each(reqs),
+        "v2_fp32": Scheduler(engine, max_rows=rows, max_seconds=work.total_seconds + 1).run,
+        "v2_int8": Scheduler(engine, max_rows=rows, max_seconds=work.total_seconds + 1,
+                             decoder=quantize_decoder(engine.model.decoder, "int8")).run,
+    }
+    seconds: dict = {}
+    for count in tasks_list:
+        for name, run in runners.items():
+            def timed(run=run, count=count) -> float:
+                started = time.perf_counter()
+                outcomes = run(requests(count))
+                elapsed = time.perf_counter() - started
+                assert all(not isinstance(o, BaseException) for o in outcomes), outcomes
+                return elapsed
+
+            seconds[f"{name}_x{count}"] = round(settler.measure(f"e2e {name} x{count}", timed), 2)
+            log(f"e2e {name} x{count}: {seconds[f'{name}_x{count}']:.1f} s")
+    engine.close()
+    ratios = {f"{name}_x{count}": round(seconds[f"static_x{count}"] / seconds[f"{name}_x{count}"], 2)
+              for name in ("v2_fp32", "v2_int8") for count in tasks_list}
+    return {"e2e_s": seconds, "e2e_v2_vs_static": ratios}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from transformers import MusicgenForConditionalGeneration
@@ -210,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         "quiet": {"worst_background": settler.worst, "foreign_max": round(settler.foreign_max, 3),
                   "disturbed": settler.disturbed},
     }
+    if args.e2e:
+        del decoders, model
+        result.update(end_to_end(args.model, settler, args.tasks))
+        result["quiet"] = {"worst_background": settler.worst, "foreign_max": round(settler.foreign_max, 3),
+                           "disturbed": settler.disturbed}
     print(json.dumps(result), flush=True)
     return 0
 
