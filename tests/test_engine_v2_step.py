@@ -29,7 +29,7 @@ def make_cache(model, rows: int, max_positions: int = 64, max_text: int = 16) ->
     config = model.decoder.config
     return KVCache(layers=config.num_hidden_layers, rows=rows, heads=config.num_attention_heads,
                    head_dim=config.hidden_size // config.num_attention_heads, max_positions=max_positions,
-                   max_text=max_text)
+                   max_text=max_text, device=model.device)
 
 
 def a_task(model, prompt_frames: int, new_frames: int, text_tokens: list[int], seed: int):
@@ -42,8 +42,8 @@ def a_task(model, prompt_frames: int, new_frames: int, text_tokens: list[int], s
     free = ids == -1
     ids[free] = torch.randint(0, 2048, (int(free.sum()),), generator=generator)
     with torch.inference_mode():
-        states = model.text_encoder(input_ids=torch.tensor([text_tokens])).last_hidden_state[0]
-    return ids, states
+        states = model.text_encoder(input_ids=torch.tensor([text_tokens], device=model.device)).last_hidden_state[0]
+    return ids.to(model.device), states
 
 
 def reference_logits(model, ids: torch.Tensor, states: torch.Tensor, guided: bool) -> torch.Tensor:

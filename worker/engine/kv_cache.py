@@ -28,6 +28,9 @@ class KVCache:
                  max_text: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         self.rows = rows
         self.max_positions = max_positions
+        # The last position is scratch: no task reads or writes it (callers size the cache one position
+        # longer than the longest sequence), so padding rows of a fixed-shape step can write there.
+        self.scratch = max_positions - 1
         self.max_text = max_text
         shape = (layers, rows, heads, max_positions, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)

@@ -44,11 +44,13 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from worker.batching import CANCELED, DONE, FAILED, RUNNING, RowState
 from worker.engine import delay
+from worker.engine.graphs import BucketedDecode
 from worker.engine.generate_engine import GenerationRequest, GenerationResult, MusicGenEngine, _formatted, _Plan
 from worker.engine.kv_cache import KVCache
 from worker.engine.step import DecoderStep
@@ -108,10 +110,12 @@ class Scheduler:
     """Continuous batching of one loaded MusicGen (``MusicGenEngine``: model, processor, EnCodec helpers)."""
 
     def __init__(self, engine: MusicGenEngine, *, max_rows: int = 16, max_seconds: float = WINDOW_SECONDS,
-                 max_text: int = 256, prefill_chunk: int = 64, decoder=None):
+                 max_text: int = 256, prefill_chunk: int = 64, decoder=None, static_steps: bool | None = None,
+                 cuda_graphs: bool = True):
         """``decoder``: the ``MusicgenForCausalLM`` to step (default the engine's; ``quantize`` makes others).
         ``max_seconds``: the longest window (prompt included) the cache holds; longer requests run in
-        windows of ``WINDOW_SECONDS``."""
+        windows of ``WINDOW_SECONDS``. ``static_steps`` (default: on GPUs) steps the batch in fixed-shape
+        buckets, captured as CUDA graphs unless ``cuda_graphs`` is False."""
         self.engine = engine
         model = engine.model
         decoder = decoder if decoder is not None else model.decoder
@@ -123,7 +127,7 @@ class Scheduler:
         self.max_prefix = engine.chroma_length + max_text if self.melody else 0
         self.cache = KVCache(layers=config.num_hidden_layers, rows=max_rows, heads=config.num_attention_heads,
                              head_dim=config.hidden_size // config.num_attention_heads,
-                             max_positions=self.max_prefix + self.max_positions,
+                             max_positions=self.max_prefix + self.max_positions + 1,  # + scratch
                              max_text=0 if self.melody else max_text,
                              dtype=engine._dtype, device=engine._torch_device)
         projection = None  # melody engines project the text themselves (it is part of their prefix)
@@ -131,8 +135,15 @@ class Scheduler:
                 and config.cross_attention_hidden_size is None):
             projection = model.enc_to_dec_proj
         self.step_fn = DecoderStep(decoder, self.cache, projection)
+        self._start_ids = torch.full((engine.num_codebooks,), delay.START, dtype=torch.long,
+                                     device=engine._torch_device)
+        # Fixed-shape steps per row-count bucket (CUDA graphs on GPUs): see worker.engine.graphs.
+        on_gpu = engine._torch_device.type == "cuda"
+        static = on_gpu if static_steps is None else static_steps
+        self.bucketed = BucketedDecode(self.step_fn, capture=on_gpu and cuda_graphs) if static else None
         self.prefill_chunk = prefill_chunk
-        self.waiting: deque[Task] = deque()
+        self.waiting: deque[Task] = deque()  # appended from any thread (EngineLoop.submit), taken here
+        self.on_retired: Callable[[Task], None] | None = None  # called once per task as it leaves
         self.active: list[Task] = []  # in row order; the one prefilling (if any) is last
         self.iterations = 0
 
@@ -276,9 +287,8 @@ class Scheduler:
         if not tasks:
             return
         # The batch is a plain slice of leading rows, up to the last decoding task. Rows among them that
-        # do not decode now (a task prefilling its next window, one that just finished) are stepped too,
-        # harmlessly: their logits are ignored, and the key/value written at their next position is
-        # overwritten by their next prefill chunk before anything attends to it.
+        # do not decode now (a task prefilling its next window, one canceled at its first draw) are
+        # stepped too, harmlessly (see _forward).
         last = max(i for i, t in enumerate(self.active) if t.phase == DECODING)
         batch = self.active[: last + 1]
         try:
@@ -300,11 +310,17 @@ class Scheduler:
             row += task.rows
 
     def _forward(self, tasks: list[Task]) -> torch.Tensor:
-        """One decoding position for the given tasks' rows (contiguous, in row order)."""
-        # (max(0, ...): a task still prefilling a melody prefix, stepped harmlessly, has no token yet.)
-        ids = torch.cat([t.ids[:, max(0, t.next_token)][None].expand(t.rows, -1) for t in tasks])
-        positions = torch.tensor([t.length for t in tasks for _ in range(t.rows)], device=ids.device)
+        """One decoding position for the given tasks' rows (contiguous, in row order).
+
+        Rows of a task that does not decode now are fed the start token at the cache's scratch position,
+        which no task uses: its cached prompt stays intact and its logits are ignored."""
+        feeds = [(t.ids[:, t.next_token], t.length) if t.phase == DECODING and t.state.status == RUNNING
+                 else (self._start_ids, self.cache.scratch) for t in tasks]
+        ids = torch.cat([i[None].expand(t.rows, -1) for t, (i, _) in zip(tasks, feeds)])
+        positions = torch.tensor([p for t, (_, p) in zip(tasks, feeds) for _ in range(t.rows)], device=ids.device)
         span = slice(tasks[0].first_row, tasks[-1].first_row + tasks[-1].rows)
+        if self.bucketed is not None and span.start == 0:
+            return self.bucketed(span, ids, positions)
         return self.step_fn.decode(span, ids, positions)
 
     def _draw(self, task: Task, logits: torch.Tensor, advance: bool = False) -> None:
@@ -376,6 +392,8 @@ class Scheduler:
         task.phase = RETIRED
         task.ids = task.prompt_codes = task.prefix = None
         task.scales = []
+        if self.on_retired is not None:
+            self.on_retired(task)
 
     def _finish(self, task: Task) -> GenerationResult:
         engine, plan = self.engine, task.plan

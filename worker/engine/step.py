@@ -91,11 +91,16 @@ class DecoderStep:
         hidden = self._layers(hidden, write, mask, rows)
         return self._logits(hidden[:, -1:])[:, :, 0]
 
-    def decode(self, rows: slice, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def decode(self, rows: slice, ids: torch.Tensor, positions: torch.Tensor, static: bool = False) -> torch.Tensor:
         """One new position for each row of ``rows`` (the running batch: the leading rows): ``ids``
         ``(rows, K)``, ``positions`` ``(rows,)``, each row's own. Returns logits ``(rows, K, vocab)``
-        for the position after."""
-        window = int(positions.max()) + 1  # attend only as far as the longest row has got
+        for the position after.
+
+        ``static``: attend over the cache's whole length and text width, masked, instead of only as far
+        as the longest row has got: more work, but every shape is fixed by the row count and nothing is
+        read back to the host, so the pass can be captured as a CUDA graph (``graphs``)."""
+        # Dynamic: attend only as far as the longest row has got (one host read per step).
+        window = self.cache.max_positions if static else int(positions.max()) + 1
         hidden = self._embed(ids[:, :, None], positions[:, None])
         keys = torch.arange(window, device=ids.device)
         mask = torch.zeros((ids.shape[0], window), dtype=hidden.dtype, device=ids.device)
@@ -106,7 +111,7 @@ class DecoderStep:
             self.cache.write_at(layer, rows, positions, k, v)
             return self.cache.keys[layer, rows, :, :window], self.cache.values[layer, rows, :, :window]
 
-        return self._logits(self._layers(hidden, write, mask, rows))[:, :, 0]
+        return self._logits(self._layers(hidden, write, mask, rows, static))[:, :, 0]
 
     # -- parts -----------------------------------------------------------------
 
@@ -126,8 +131,9 @@ class DecoderStep:
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.width)
 
-    def _layers(self, hidden: torch.Tensor, write, mask: torch.Tensor, rows: slice) -> torch.Tensor:
-        text = max(self.cache.text_lengths[rows], default=0)
+    def _layers(self, hidden: torch.Tensor, write, mask: torch.Tensor, rows: slice,
+                static: bool = False) -> torch.Tensor:
+        text = self.cache.max_text if static else max(self.cache.text_lengths[rows], default=0)
         cross_mask = self.cache.cross_mask[rows, None, None, :text]
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
