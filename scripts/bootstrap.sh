@@ -48,10 +48,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-lock=express-server/package-lock.json
-nstamp=express-server/node_modules/.segue-installed
-if [ ! -f "$nstamp" ] || [ "$lock" -nt "$nstamp" ]; then
-  echo "bootstrap: installing the sidecar's npm packages"
-  (cd express-server && npm ci --no-audit --no-fund --loglevel=error)
-  touch "$nstamp"
-fi
+# npm packages: the sidecar's, and the extension's (eventsource-parser, which its tests compare with the vendored copies).
+for project in express-server extension; do
+  lock=$project/package-lock.json
+  nstamp=$project/node_modules/.segue-installed
+  if [ ! -f "$nstamp" ] || [ "$lock" -nt "$nstamp" ]; then
+    echo "bootstrap: installing $project's npm packages"
+    (cd "$project" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$nstamp"
+  fi
+done

@@ -1,48 +1,34 @@
-// A Server-Sent Events parser for fetch() bodies.
+// Server-Sent Events from fetch() bodies, parsed by eventsource-parser (vendored, see vendor/).
 //
 // EventSource cannot send an Authorization header and does not exist in
-// extension service workers, so /tasks/<id>/events is read with fetch() and
-// parsed here, following the WHATWG event-stream rules that matter to us:
-// lines end in \n, \r\n or \r; "field: value" with one optional space; data
-// lines join with \n; a blank line dispatches; lines starting ":" are comments.
+// extension service workers, so /tasks/<id>/events is read with fetch(). The
+// parsing itself (line ends \n, \r\n or \r, split anywhere between reads;
+// comments; multi-line data) is the maintained parser's; this module only
+// adapts it: events carry { type, data, id } with the spec's defaults (type
+// "message", the last id seen persisting across events).
+
+import { createParser } from "../vendor/eventsource-parser/index.js";
 
 export function createSseParser(onEvent) {
-  let buffer = "";
-  let event = { type: "", data: [], id: null };
-
-  function line(text) {
-    if (text === "") {
-      if (event.data.length > 0) {
-        onEvent({ type: event.type || "message", data: event.data.join("\n"), id: event.id });
-      }
-      event = { type: "", data: [], id: event.id };
-      return;
-    }
-    if (text.startsWith(":")) return;
-    const colon = text.indexOf(":");
-    const field = colon === -1 ? text : text.slice(0, colon);
-    let value = colon === -1 ? "" : text.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "event") event.type = value;
-    else if (field === "data") event.data.push(value);
-    else if (field === "id") event.id = value;
-  }
-
+  let lastId = null;
+  let endsWithCR = false;
+  const parser = createParser({
+    onEvent(event) {
+      if (event.id !== undefined) lastId = event.id;
+      onEvent({ type: event.event || "message", data: event.data, id: lastId });
+    },
+  });
   return {
-    /** Feed decoded text; complete lines are processed, a partial tail is kept. */
+    /** Feed decoded text; complete events are dispatched, a partial tail is kept. */
     push(text) {
-      buffer += text;
-      let match;
-      // A lone \r at the very end may be the first half of \r\n: wait for more.
-      while ((match = /\r\n|\n|\r(?!$)/.exec(buffer)) !== null) {
-        line(buffer.slice(0, match.index));
-        buffer = buffer.slice(match.index + match[0].length);
-      }
+      if (text) endsWithCR = text.endsWith("\r");
+      parser.feed(text);
     },
     /** End of stream: an event without its blank line is dropped, as the spec says. */
     end() {
-      if (buffer.endsWith("\r")) line(buffer.slice(0, -1));
-      buffer = "";
+      // The parser holds a final \r in case a \n follows; at the end nothing will, so it ends its line.
+      if (endsWithCR) parser.feed("\n");
+      parser.reset();
     },
   };
 }

@@ -1,6 +1,8 @@
 // Following a task to its end: Server-Sent Events when the server has them, else polling /tasks/<id> every second.
 // SSE is read with fetch() rather than EventSource because EventSource cannot send the Authorization header.
 
+import { createParser } from "../vendor/eventsource-parser/index.js";
+
 const TERMINAL = new Set(["completed", "failed", "canceled"]);
 const POLL_MS = 1000;
 
@@ -45,24 +47,26 @@ async function streamEvents(api, id, { onTask, onProgress, onAudio, signal }) {
   if (!response.body) return null;
   // One look at the task document gives the queue position and status before the first event.
   api.task(id, signal).then((task) => onTask?.(task)).catch(() => {});
+  let final = null;
+  // eventsource-parser (vendored) splits the stream into events, whatever the reads cut through (a \r\n too).
+  const parser = createParser({
+    onEvent(message) {
+      if (final) return;
+      const event = decodeEvent(message);
+      if (!event) return;
+      if (event.type === "progress") onProgress?.(Number(event.data.progress));
+      else if (event.type === "audio") onAudio?.(event.data);
+      else if (TERMINAL.has(event.type)) final = { status: event.type, ...event.data };
+    },
+  });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return null; // ended without a final event
-    buffer += value.replace(/\r\n?/g, "\n");
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const event = parseEvent(block);
-      if (!event) continue;
-      if (event.type === "progress") onProgress?.(Number(event.data.progress));
-      else if (event.type === "audio") onAudio?.(event.data);
-      else if (TERMINAL.has(event.type)) {
-        drain(reader); // the server closes the stream after its final event; aborting would log a failed request
-        return { status: event.type, ...event.data };
-      }
+    parser.feed(value);
+    if (final) {
+      drain(reader); // the server closes the stream after its final event; aborting would log a failed request
+      return final;
     }
   }
 }
@@ -73,22 +77,11 @@ async function drain(reader) {
   } catch { /* the connection dropped: nothing left to read anyway */ }
 }
 
-function parseEvent(block) {
-  let type = "message";
-  const data = [];
-  for (const line of block.split("\n")) {
-    if (!line || line.startsWith(":")) continue;
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-    if (field === "event") type = value;
-    else if (field === "data") data.push(value);
-  }
-  if (!data.length) return null;
+function decodeEvent(message) {
   try {
-    return { type, data: JSON.parse(data.join("\n")) };
+    return { type: message.event || "message", data: JSON.parse(message.data) };
   } catch {
-    return null;
+    return null; // not JSON: not one of ours
   }
 }
 
