@@ -57,6 +57,21 @@ def _upstream_proxy(text: str) -> str:
     return text
 
 
+def _webhook_secret(text: str) -> str:
+    """A Standard Webhooks ``whsec_<base64>`` secret (checked), or any other string (older deployments)."""
+    import base64
+    import binascii
+
+    if text.startswith("whsec_"):
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_") + "==", validate=False)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not key:
+            raise ValueError("a whsec_ secret must carry base64 bytes after the prefix")
+    return text
+
+
 def _bool(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
@@ -193,8 +208,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_TRUST_PROXY", "trust_proxy", False,
             "Take the client IP from the last X-Forwarded-For entry (only behind a reverse proxy you run).", _bool),
     Setting("SEGUE_WEBHOOK_SECRET", "webhook_secret", "",
-            "Shared secret for webhook signatures (`X-Segue-Signature: sha256=<HMAC-SHA256 of "
-            "X-Segue-Timestamp + \".\" + body>`); empty = unsigned."),
+            "Secret for webhook signatures, best a Standard Webhooks `whsec_<base64>` secret: deliveries carry "
+            "`webhook-id`, `webhook-timestamp` and `webhook-signature` (verify with any Standard Webhooks library) "
+            "and, for one more release, `X-Segue-Signature: sha256=<HMAC-SHA256 of X-Segue-Timestamp + \".\" + "
+            "body>`; empty = unsigned.", _webhook_secret),
     Setting("SEGUE_WEBHOOK_TIMEOUT", "webhook_timeout", 10.0, "Seconds one webhook delivery attempt may take.", float),
     Setting("SEGUE_WEBHOOK_RETRY_SECONDS", "webhook_retry_seconds", 600.0,
             "How long failed webhook deliveries (timeouts, 5xx) are retried with backoff, seconds.", float),

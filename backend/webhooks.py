@@ -21,6 +21,14 @@ What is sent:
     X-Segue-Timestamp: <unix seconds when this attempt was signed>
     X-Segue-Signature: sha256=<hex HMAC-SHA256(key=SEGUE_WEBHOOK_SECRET,
                                  msg=X-Segue-Timestamp + "." + raw body)>   (only when a secret is set)
+    webhook-id: <the delivery id>            Standard Webhooks (standardwebhooks.com): any of
+    webhook-timestamp: <unix seconds>        its libraries verifies these with the secret;
+    webhook-signature: v1,<base64 HMAC>      the signature only when a secret is set
+
+The X-Segue-* headers are today's and stay for one release beside the
+Standard Webhooks ones (README: Webhooks). The Standard Webhooks key is the
+secret's base64 part after ``whsec_``; a secret without that prefix (older
+deployments) is used as raw UTF-8 bytes, which the libraries also accept.
 
     body: the task document as GET /tasks/<id> shows it, without ``audio``,
           plus ``"audio_url": "<public base>/tasks/<id>/audio"``.
@@ -46,6 +54,7 @@ so a DNS answer that changes between check and connect cannot redirect it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.client
@@ -58,6 +67,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -119,6 +129,21 @@ def public_base(settings) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{settings.port}"
+
+
+def standard_key(secret: str) -> bytes:
+    """The Standard Webhooks signing key of ``SEGUE_WEBHOOK_SECRET`` (see the module doc)."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_") + "==")
+    return secret.encode("utf-8")
+
+
+def standard_signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
+    """The ``webhook-signature`` value, made by the standardwebhooks library itself."""
+    from standardwebhooks.webhooks import Webhook
+
+    signed_at = datetime.fromtimestamp(int(timestamp), tz=timezone.utc)
+    return Webhook(standard_key(secret)).sign(delivery_id, signed_at, body.decode("utf-8"))
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -301,9 +326,12 @@ def deliver_one(services: Services, task_id: str, *, now: float) -> str | None:
     timestamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                "X-Segue-Event": f"task.{doc['status']}", "X-Segue-Delivery": delivery_id,
-               "X-Segue-Timestamp": timestamp}
+               "X-Segue-Timestamp": timestamp,
+               # Standard Webhooks: the id stays the same on every retry, so receivers drop repeats by it.
+               "webhook-id": delivery_id, "webhook-timestamp": timestamp}
     if settings.webhook_secret:
         headers["X-Segue-Signature"] = sign(settings.webhook_secret, timestamp, body)
+        headers["webhook-signature"] = standard_signature(settings.webhook_secret, delivery_id, timestamp, body)
     try:
         attempt = post_within(url, body, headers, timeout=settings.webhook_timeout,
                               allow_private=settings.allow_private_urls)

@@ -72,7 +72,7 @@ class Receiver:
 
 
 def make_services(settings, **changes) -> Services:
-    return Services.from_settings(settings.with_(webhook_secret=SECRET, public_url=PUBLIC, **changes))
+    return Services.from_settings(settings.with_(**{"webhook_secret": SECRET, "public_url": PUBLIC, **changes}))
 
 
 def ended_task(services: Services, webhook: str | None, status: str = "completed") -> str:
@@ -114,13 +114,47 @@ def test_delivered_once_with_a_valid_signature(settings):
     assert state["delivery_id"] == headers["X-Segue-Delivery"]
 
 
+STANDARD_SECRET = "whsec_" + base64.b64encode(b"a 24-byte signing secret").decode()
+
+
+@pytest.mark.parametrize("secret", [STANDARD_SECRET, SECRET], ids=["whsec", "plain"])
+def test_standard_webhooks_libraries_verify_the_delivery(settings, secret):
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    services = make_services(settings, webhook_secret=secret)
+    with Receiver(statuses=[500, 200]) as receiver:
+        task_id = ended_task(services, receiver.url())
+        webhooks.deliver_due(services)
+        webhooks.deliver_due(services, now=time.time() + 3600)  # the retry
+    (first_headers, _), (headers, body) = receiver.received
+    # A receiver holds the secret as given (whsec_...) or, for a plain one, its bytes.
+    verifier = Webhook(secret if secret.startswith("whsec_") else secret.encode())
+    payload = verifier.verify(body, headers)
+    assert payload["task_id"] == task_id and payload["status"] == "completed"
+    assert headers["webhook-id"] == first_headers["webhook-id"] == headers["X-Segue-Delivery"]  # same on retry
+    assert headers["webhook-timestamp"] == headers["X-Segue-Timestamp"]
+    assert headers["X-Segue-Signature"].startswith("sha256=")  # today's header stays for one release
+    with pytest.raises(WebhookVerificationError):
+        verifier.verify(body.replace(b"completed", b"failed"), headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(base64.b64encode(b"someone else's secret").decode()).verify(body, headers)
+
+
+def test_a_malformed_standard_secret_is_refused_at_start(settings):
+    from backend.settings import Settings
+
+    with pytest.raises(ValueError, match="whsec_"):
+        Settings.from_env({"SEGUE_WEBHOOK_SECRET": "whsec_"})
+
+
 def test_unsigned_without_a_secret_and_public_base_from_host_and_port(settings):
     services = Services.from_settings(settings.with_(host="127.0.0.1", port=9123))
     with Receiver() as receiver:
         task_id = ended_task(services, receiver.url())
         webhooks.deliver_due(services)
     headers, body = receiver.received[0]
-    assert "X-Segue-Signature" not in headers
+    assert "X-Segue-Signature" not in headers and "webhook-signature" not in headers
+    assert headers["webhook-id"] == headers["X-Segue-Delivery"] and headers["webhook-timestamp"]
     assert json.loads(body)["audio_url"] == f"http://127.0.0.1:9123/tasks/{task_id}/audio"
 
 
