@@ -152,6 +152,16 @@ def small_arch_config() -> MusicgenConfig:
     return _musicgen_config(text, _encodec_32khz(tiny=False), decoder)
 
 
+def medium_arch_config() -> MusicgenConfig:
+    """facebook/musicgen-medium's configuration: musicgen-small's, with a 48x1536 decoder (24 heads)."""
+    config = small_arch_config()
+    decoder = MusicgenDecoderConfig(**{
+        **config.decoder.to_dict(), "num_hidden_layers": 48, "hidden_size": 1536, "num_attention_heads": 24,
+        "ffn_dim": 6144,
+    })
+    return _musicgen_config(config.text_encoder, config.audio_encoder, decoder)
+
+
 def _built_recipe(path: Path) -> dict | None:
     """The recipe of the model built at ``path``, or None when there is none yet."""
     marker = path / RECIPE_FILE
