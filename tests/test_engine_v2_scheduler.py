@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import noise
 from tests.test_engine_batching import mixed_requests
@@ -211,3 +212,38 @@ def test_past_30_s_a_task_keeps_its_rows_across_windows_and_sounds_as_today(engi
     assert [p for p, _ in progress] == sorted(p for p, _ in progress) and progress[-1] == (10_000, 10_000)
     np.testing.assert_array_equal(a_task.outcome.audio, todays_windowed(engine, a))
     np.testing.assert_array_equal(b_task.outcome.audio, todays_windowed(engine, b))
+
+
+def test_a_task_that_breaks_the_batched_pass_fails_alone(scheduler, todays):
+    # A poisoned task (a token id outside the embedding, as corrupt state would give) makes the whole
+    # batched forward pass raise; each task is then stepped alone and only the poisoned one fails.
+    tasks = [scheduler.submit(r, i) for i, r in enumerate(mixed_requests())]
+    while not all(t.phase == "decoding" for t in tasks):
+        scheduler.step()
+    poisoned = tasks[1]
+    with torch.inference_mode():
+        poisoned.ids[0, poisoned.next_token] = 10_000
+    scheduler.step()
+    assert poisoned.done and isinstance(poisoned.outcome, IndexError)
+    assert scheduler.rows_in_use == 6
+    scheduler.run_until_idle()
+    for i in (0, 2, 3):
+        np.testing.assert_array_equal(tasks[i].outcome.audio, todays[i])
+
+
+def test_cancel_during_a_long_prefill_frees_the_rows_at_once(engine, todays):
+    scheduler = Scheduler(engine, max_rows=4, max_seconds=4.0, max_text=32, prefill_chunk=8)
+    stop = []
+    request = mixed_requests()[1]  # 61 prompt positions: 8 chunks
+    request.should_stop = lambda: bool(stop)
+    running = scheduler.submit(mixed_requests()[0], 0)
+    long_prompt = scheduler.submit(request, 1)
+    while long_prompt.length < 16:
+        scheduler.step()
+    assert long_prompt.phase == "prefilling" and long_prompt.length < 61
+    stop.append(True)
+    scheduler.step()
+    assert long_prompt.done and isinstance(long_prompt.outcome, GenerationCanceled)
+    assert scheduler.rows_in_use == 2
+    scheduler.run_until_idle()
+    np.testing.assert_array_equal(running.outcome.audio, todays[0])
