@@ -144,7 +144,8 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         self.waiting: deque[Task] = deque()  # appended from any thread (EngineLoop.submit), taken here
         self.on_retired: Callable[[Task], None] | None = None  # called once per task as it leaves
-        self.active: list[Task] = []  # in row order; the one prefilling (if any) is last
+        # In row order. A new task prefills after all others; a task between windows prefills in place.
+        self.active: list[Task] = []
         self.iterations = 0
 
     # -- the outside -------------------------------------------------------------

@@ -71,16 +71,17 @@ class DecoderStep:
         embeddings ``(rows, C, width)`` (a melody model's prefix; ``embed_tokens`` for its tokens).
 
         Returns the logits of the chunk's last position, ``(rows, K, vocab)``."""
-        ids = inputs
-        chunk = ids.shape[-1] if not ids.is_floating_point() else ids.shape[1]
+        embedded = inputs.is_floating_point()
+        chunk = inputs.shape[1] if embedded else inputs.shape[-1]
         end = start + chunk
-        positions = torch.arange(start, end, device=ids.device)
-        if ids.is_floating_point():
-            hidden = ids + self.position_table[positions].to(ids.dtype)
+        device = inputs.device
+        positions = torch.arange(start, end, device=device)
+        if embedded:
+            hidden = inputs + self.position_table[positions].to(inputs.dtype)
         else:
-            hidden = self._embed(ids, positions[None].expand(ids.shape[0], -1))
-        keys = torch.arange(end, device=ids.device)
-        mask = torch.zeros((chunk, end), dtype=hidden.dtype, device=ids.device)
+            hidden = self._embed(inputs, positions[None].expand(inputs.shape[0], -1))
+        keys = torch.arange(end, device=device)
+        mask = torch.zeros((chunk, end), dtype=hidden.dtype, device=device)
         mask.masked_fill_(keys[None, :] > positions[:, None], self.cache.masked)  # causal
         mask = mask[None, None]
 
