@@ -38,7 +38,9 @@ class ProgressBar:
 
     def __init__(self, stream=None, enabled: bool = True):
         self.stream = stream or sys.stderr
-        self.enabled = enabled
+        # Only a terminal understands \r redraws; a log file or pipe would fill with partial lines.
+        isatty = getattr(self.stream, "isatty", None)
+        self.enabled = enabled and bool(isatty and isatty())
         self.percent = 0.0
         self.audio_seconds = 0.0
         self._shown = None

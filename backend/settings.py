@@ -8,7 +8,7 @@ can list every knob from ``SETTINGS`` below.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -221,54 +221,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
-    port: int = 8001
-    host: str = "0.0.0.0"
-    express_port: int = 3000
-    redis_url: str = ""
-    mongo_url: str = ""
-    mongo_db: str = "segue"
-    models: tuple[str, ...] = DEFAULT_MODELS
-    model_descriptions: tuple[tuple[str, str], ...] = ()
-    device: str = "auto"
-    half_precision: bool = True
-    data_dir: Path = Path("./var")
-    allow_private_urls: bool = False
-    queue_name: str = "segue"
-    job_timeout: int = 1800
-    fetch_timeout: int = 30
-    ytdlp_cookies: str = ""
-    ytdlp_proxy: str = ""
-    result_ttl_days: float = 7.0
-    max_body_mb: float = 100.0
-    max_clip_seconds: float = 600.0
-    torch_threads: int = 0
-    max_batch: int = 8
-    batch_wait_ms: int = 50
-    recycle_after_tasks: int = 0
-    recycle_above_mb: float = 0.0
-    model_cache_size: int = 2
-    heartbeat_seconds: int = 10
-    cors_origins: tuple[str, ...] = ("*",)
-    api_workers: int = 2
-    api_threads: int = 16
-    api_worker_class: str = "gevent"
-    api_connections: int = 2000
-    max_streams_per_caller: int = 32
-    ffmpeg_max_concurrent: int = 0
-    ffmpeg_wait_seconds: float = 10.0
-    workers: int = 1
-    log_level: str = "INFO"
-    api_keys: tuple[str, ...] = ()
-    rate_limit: str = "30/minute"
-    read_rate_limit: str = "1200/minute"
-    max_queued_per_key: int = 20
-    trust_proxy: bool = False
-    webhook_secret: str = ""
-    webhook_timeout: float = 10.0
-    webhook_retry_seconds: float = 600.0
-    public_url: str = ""
+class _SettingsBehaviour:
+    """What every ``Settings`` can do; its fields come from ``SETTINGS`` (see below)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -334,4 +288,10 @@ class Settings:
         return env
 
 
-assert {f.name for f in fields(Settings)} == {s.attr for s in SETTINGS}, "SETTINGS and Settings disagree"
+# The settings object: one frozen field per row of SETTINGS, its default the row's, so each
+# default is declared once (in the table) and the README, `as_env` and `from_env` follow it.
+Settings = make_dataclass(
+    "Settings", [(s.attr, type(s.default), field(default=s.default)) for s in SETTINGS],
+    bases=(_SettingsBehaviour,), frozen=True)
+Settings.__module__ = __name__  # for pickling and reprs (make_dataclass takes module= only from 3.12)
+Settings.__doc__ = "Segue's settings: an immutable value with one field per row of ``SETTINGS``."

@@ -59,15 +59,55 @@ def test_cli_generate_waits_with_a_progress_bar_and_saves_a_wav(api, app, servic
     assert codes == [0]
     captured = capsys.readouterr()
     assert captured.out.strip() == str(out)
-    assert f"\r[{'#' * cli.BAR_WIDTH}] 100%" in captured.err
-    if has_route(app, "/tasks/<task_id>/events"):  # streamed chunks show how much audio exists
-        assert "s audio" in captured.err
+    assert "\r[" not in captured.err  # stderr is no terminal here: no bar redraws in logs or pipes
     info = sf.info(out)
     assert info.samplerate == 32000 and info.channels == 1
     # 120 BPM: 8-10 s including the prompt is 4 or 5 whole 2-second bars.
     assert 7.9 <= info.duration <= 10.1
     task_id = services.store.tasks.find_one({})["_id"]
     assert f"task {task_id} queued" in captured.err
+
+
+def test_cli_draws_its_progress_bar_on_a_terminal(api, app, services, run_worker, media_server, tmp_path):
+    """The installed CLI in a real pseudo-terminal: the bar is drawn there, up to 100%."""
+    import os
+    import pty
+
+    out = tmp_path / "out.wav"
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "--server", api, "generate", media_server.url("/click120.wav"),
+         "--at", "3", "--prompt-length", "4", "--duration", "8-10", "--seed", "7", "-o", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, cwd=ROOT)
+    os.close(slave)
+    screen: list[bytes] = []
+
+    def read_terminal():  # drained all along, so a full terminal buffer can never block the CLI
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal closed with the process
+                return
+            if not chunk:
+                return
+            screen.append(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: services.queue.depth() == 1, timeout=60, message="the CLI's task on the queue")
+        run_worker()
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    reader.join(10)
+    os.close(master)
+    text = b"".join(screen).decode(errors="replace")
+    assert f"\r[{'#' * cli.BAR_WIDTH}] 100%" in text
+    if has_route(app, "/tasks/<task_id>/events"):  # streamed chunks show how much audio exists
+        assert "s audio" in text
+    assert sf.info(out).channels == 1
 
 
 def test_client_continue_wait_and_download(api, app, run_worker, tmp_path):

@@ -144,3 +144,15 @@ def test_api_keys_are_documented_when_on(settings):
     gen = doc["paths"]["/generate"]["post"]
     assert gen["security"] and {"401", "403"} <= set(gen["responses"])
     assert "security" not in doc["paths"]["/health"]["get"]
+
+
+def test_the_document_is_built_once_per_process(client):
+    from backend.routes import docs
+
+    first = client.get("/openapi.json")
+    hits = docs._rendered.cache_info().hits
+    again = client.get("/openapi.json")
+    page = client.get("/docs")
+    assert docs._rendered.cache_info().hits == hits + 2
+    assert first.get_json() == again.get_json() and first.mimetype == "application/json"
+    assert page.status_code == 200 and page.mimetype == "text/html"

@@ -1,19 +1,29 @@
 """GET /openapi.json (the document generated from the request schemas) and GET /docs (its HTML rendering)."""
 
-from flask import Blueprint, Response, jsonify
+import functools
+import json
+
+from flask import Blueprint, Response
 
 from .. import openapi
 from ..context import services
+from ..settings import Settings
 
 bp = Blueprint("docs", __name__)
 
 
+@functools.lru_cache(maxsize=8)
+def _rendered(settings: Settings) -> tuple[str, str]:
+    """The document as JSON text and as the /docs page, built once per process (and settings)."""
+    document = openapi.build_openapi(settings)
+    return json.dumps(document), openapi.render_html(document)
+
+
 @bp.get("/openapi.json")
 def openapi_json():
-    return jsonify(openapi.build_openapi(services().settings))
+    return Response(_rendered(services().settings)[0], mimetype="application/json")
 
 
 @bp.get("/docs")
 def docs():
-    page = openapi.render_html(openapi.build_openapi(services().settings))
-    return Response(page, mimetype="text/html")
+    return Response(_rendered(services().settings)[1], mimetype="text/html")
