@@ -20,6 +20,17 @@ engine (``generate_each``: one static batch through transformers'
 ``generate``) against v2's scheduler in float32 and with int8 weights
 (``e2e_s``, seconds each, and ``e2e_v2_vs_static``).
 
+With ``--poisson N``, N tasks of that work unit (streaming audio) arrive at
+Poisson times (seeded; mean gap ``--gap`` seconds) and are served two ways,
+each on its own: today's static batching (a loop that takes everything
+queued, up to 8, into one ``generate_each`` call, as the batching worker
+does) and v2's ``EngineLoop`` (each task joins at the next step).
+``poisson`` reports each way's p50/p95 latency (arrival to result),
+makespan and median time to first audio chunk, and the ratios
+``poisson_p95_vs_static``, ``poisson_makespan_vs_static``,
+``first_chunk_under_load_vs_static`` (static / v2: above 1 means v2 is
+faster).
+
 Configurations are measured interleaved, ``--repeats`` rounds, each on a
 machine left quiet by other processes (``bench.quiet``; retaken once if
 disturbed), and each reports its fastest round: on a shared 2-core machine
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -55,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--e2e", action="store_true", help="also time whole generations (a few minutes)")
+    parser.add_argument("--no-steps", action="store_true", help="skip the decoding-step figures and drift")
+    parser.add_argument("--poisson", type=int, default=0, help="tasks arriving at Poisson times (0: skip)")
+    parser.add_argument("--gap", type=float, default=4.0, help="mean seconds between Poisson arrivals")
     parser.add_argument("--max-quiet-wait", type=float, default=30.0,
                         help="seconds to wait for other processes to calm down before each measurement")
     return parser.parse_args(argv)
@@ -207,17 +222,100 @@ def end_to_end(model_path: Path, settler, tasks_list: list[int]) -> dict:
     return {"e2e_s": seconds, "e2e_v2_vs_static": ratios}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def poisson(model_path: Path, settler, count: int, gap: float) -> dict:
+    """Static batching vs v2's loop under the same Poisson arrivals: latency, makespan, first chunk."""
+    import queue
+    import random
+    import statistics
+    import threading
+
+    from worker.engine import GenerationRequest, MusicGenEngine
+    from worker.engine.loop import EngineLoop
+    from worker.engine.scheduler import Scheduler
+
+    from .workload import CFG_COEF, SAMPLE_RATE, TOP_K, Workload
+
+    work = Workload()
+    engine = MusicGenEngine(str(model_path), device="cpu")
+    prompt = work.prompt_array()[None]
+    rng = random.Random(7)
+    arrivals = [0.0]
+    for _ in range(count - 1):
+        arrivals.append(arrivals[-1] + rng.expovariate(1 / gap))
+
+    def serve(way: str) -> dict:
+        done: dict[int, float] = {}
+        first_chunk: dict[int, float] = {}
+        started = time.perf_counter()
+
+        def request(i: int) -> GenerationRequest:
+            def on_audio(chunk, offset, i=i):
+                first_chunk.setdefault(i, time.perf_counter() - started)
+            return GenerationRequest(prompt, SAMPLE_RATE, work.total_seconds, seed=i, top_k=TOP_K,
+                                     cfg_coef=CFG_COEF, on_audio=on_audio)
+
+        if way == "static":
+            arrived: queue.Queue = queue.Queue()
+
+            def worker() -> None:
+                finished = 0
+                while finished < count:
+                    batch = [arrived.get()]
+                    while len(batch) < 8:
+                        try:
+                            batch.append(arrived.get_nowait())
+                        except queue.Empty:
+                            break
+                    engine.generate_each([request(i) for i in batch])
+                    for i in batch:
+                        done[i] = time.perf_counter() - started
+                    finished += len(batch)
+
+            thread = threading.Thread(target=worker)
+            thread.start()
+            for i, at in enumerate(arrivals):
+                time.sleep(max(0.0, at - (time.perf_counter() - started)))
+                arrived.put(i)
+            thread.join()
+        else:
+            loop = EngineLoop(Scheduler(engine, max_rows=16, max_seconds=work.total_seconds + 1))
+            futures = []
+            for i, at in enumerate(arrivals):
+                time.sleep(max(0.0, at - (time.perf_counter() - started)))
+                future = loop.submit(request(i))
+                future.add_done_callback(lambda _, i=i: done.__setitem__(i, time.perf_counter() - started))
+                futures.append(future)
+            for future in futures:
+                future.result()
+            loop.close()
+        latencies = sorted(done[i] - arrivals[i] for i in range(count))
+        firsts = [first_chunk[i] - arrivals[i] for i in range(count) if i in first_chunk]
+        return {"p50_s": round(statistics.median(latencies), 2),
+                "p95_s": round(latencies[min(count - 1, math.ceil(0.95 * count) - 1)], 2),
+                "makespan_s": round(max(done.values()), 2),
+                "first_chunk_median_s": round(statistics.median(firsts), 2) if firsts else None}
+
+    figures = {}
+    for way in ("static", "v2"):
+        figures[way] = settler.measure(f"poisson {way}", lambda way=way: serve(way))
+        log(f"poisson {way}: {figures[way]}")
+    engine.close()
+    static, v2 = figures["static"], figures["v2"]
+    return {
+        "poisson": {"tasks": count, "mean_gap_s": gap, **figures},
+        "poisson_p95_vs_static": round(static["p95_s"] / v2["p95_s"], 2),
+        "poisson_makespan_vs_static": round(static["makespan_s"] / v2["makespan_s"], 2),
+        "first_chunk_under_load_vs_static": round(static["first_chunk_median_s"] / v2["first_chunk_median_s"], 2)
+        if static["first_chunk_median_s"] and v2["first_chunk_median_s"] else None,
+    }
+
+
+def step_figures(args, settler) -> dict:
+    """Decoding-step times (fp32, int8 modes, transformers) and int8 drift."""
     from transformers import MusicgenForConditionalGeneration
 
     from worker.engine.quantize import quantize_decoder
 
-    if args.model.resolve() == DEFAULT_MODEL:
-        from worker.random_model import build_small_arch_musicgen
-
-        log(f"model: building or reusing {DEFAULT_MODEL}")
-        build_small_arch_musicgen(DEFAULT_MODEL)
     started = time.perf_counter()
     model = MusicgenForConditionalGeneration.from_pretrained(
         args.model, dtype=torch.float32, attn_implementation={"decoder": "sdpa", "text_encoder": "sdpa"}).eval()
@@ -232,7 +330,6 @@ def main(argv: list[str] | None = None) -> int:
             setups[(name, tasks)] = Setup(model, decoder, tasks, args.positions)
         setups[("hf-fp32", tasks)] = HFSetup(model, tasks, args.positions)
     best: dict = {}
-    settler = Settler(log, args.max_quiet_wait, retries=1)
     for round_ in range(args.repeats):
         for key, setup in setups.items():
             setup.time_steps(1)  # warm
@@ -255,14 +352,27 @@ def main(argv: list[str] | None = None) -> int:
                          for mode in ("int8", "int8-dynamic") for t in args.tasks},
         "v2_vs_hf_step": {f"x{t}": round(best[("hf-fp32", t)] / best[("fp32", t)], 2) for t in args.tasks},
         "drift": {k: {m: round(v, 6) for m, v in d.items()} for k, d in drift.items()},
-        "quiet": {"worst_background": settler.worst, "foreign_max": round(settler.foreign_max, 3),
-                  "disturbed": settler.disturbed},
     }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.model.resolve() == DEFAULT_MODEL:
+        from worker.random_model import build_small_arch_musicgen
+
+        log(f"model: building or reusing {DEFAULT_MODEL}")
+        build_small_arch_musicgen(DEFAULT_MODEL)
+    settler = Settler(log, args.max_quiet_wait, retries=1)
+    result: dict = {"model": str(args.model), "threads": torch.get_num_threads()}
+    if not args.no_steps:
+        result.update(step_figures(args, settler))
     if args.e2e:
-        del decoders, model
         result.update(end_to_end(args.model, settler, args.tasks))
-        result["quiet"] = {"worst_background": settler.worst, "foreign_max": round(settler.foreign_max, 3),
-                           "disturbed": settler.disturbed}
+    if args.poisson:
+        result.update(poisson(args.model, settler, args.poisson, args.gap))
+    result["quiet"] = {"worst_background": settler.worst, "foreign_max": round(settler.foreign_max, 3),
+                       "disturbed": settler.disturbed}
     print(json.dumps(result), flush=True)
     return 0
 
