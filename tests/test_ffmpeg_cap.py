@@ -24,7 +24,7 @@ def _m4a(tmp_path, seconds: float = 3.0) -> bytes:
     source, target = tmp_path / "clip.wav", tmp_path / "clip.m4a"
     source.write_bytes(wav_bytes(make_click_track(120, seconds, sr=32000), 32000))
     subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
-                    "-c:a", "aac", str(target)], check=True, capture_output=True)
+                    "-c:a", "aac", "-movflags", "+faststart", str(target)], check=True, capture_output=True)
     return target.read_bytes()
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import socket
-import time
 import types
 
 import pytest
@@ -174,9 +173,7 @@ def test_fuzz_operation(fuzz_app, method, path, mode):
         response = case.call_and_validate(checks=CHECKS)
         seen.append(response.status_code)
 
-    started = time.monotonic()
     run()
     assert seen, "no case was generated"
     if path in ("/generate", "/continue") and mode == GenerationMode.POSITIVE:
         assert 202 in seen, f"no generated submission was accepted: {sorted(set(seen))}"
-    assert time.monotonic() - started < 60

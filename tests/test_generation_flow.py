@@ -73,25 +73,48 @@ def test_mp3_output(client, run_worker, media_server):
     assert abs(audio.shape[1] / sr - task["duration_seconds"]) < 0.1
 
 
-def test_progress_is_monotonic_and_reaches_100(client, services, run_worker, media_server):
+def test_progress_is_monotonic_and_reaches_100(client, services, settings, run_worker, media_server):
     import threading
-    import time
+
+    import redis
 
     task_id = submit(client, "/generate", {"url": media_server.url("/click120.wav"), "duration": "16-18"})
     seen, done = [], threading.Event()
+    key = f"progress:{task_id}"
 
     def poll():
         while not done.is_set():
             seen.append(services.progress.get(task_id) or 0.0)
-            time.sleep(0.01)
+            done.wait(0.01)
 
-    poller = threading.Thread(target=poll)
+    # Every progress report the worker makes is recorded by Redis's MONITOR, so whether intermediate values
+    # were reported does not depend on a poller being scheduled at the right moments.
+    reported: list[float] = []
+    monitor = redis.Redis.from_url(settings.redis_url).monitor()
+    monitor.connection.send_command("MONITOR")
+    assert monitor.connection.read_response() in (b"OK", "OK")
+
+    def watch():
+        while not done.is_set():
+            try:
+                command = monitor.next_command()["command"]
+            except Exception:
+                return
+            parts = command.split()
+            if len(parts) >= 5 and parts[0].upper() in ("EVALSHA", "EVAL") and parts[3].endswith(key):
+                reported.append(float(parts[4]))
+
+    poller, watcher = threading.Thread(target=poll), threading.Thread(target=watch, daemon=True)
     poller.start()
+    watcher.start()
     run_worker()
     done.set()
     poller.join()
+    services.redis.ping()  # one more command wakes the watcher up to see `done`
+    watcher.join(30)
+    monitor.connection.disconnect()
     assert seen == sorted(seen)
-    assert any(0 < p < 100 for p in seen), "progress never showed an intermediate value"
+    assert any(0 < p < 100 for p in reported), f"no intermediate progress was reported: {reported}"
     assert client.get(f"/progress/{task_id}").get_json()["progress"] == 100
 
 

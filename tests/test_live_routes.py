@@ -5,7 +5,6 @@ import io
 import json
 import struct
 import threading
-import time
 
 import numpy as np
 import soundfile as sf
@@ -89,7 +88,7 @@ def test_events_follow_a_running_task(app, client, run_worker, media_server):
 
     listener = threading.Thread(target=listen)
     listener.start()
-    time.sleep(0.5)
+    wait_for(lambda: received, timeout=60, message="the first event of the queued task")  # the stream is open
     assert listener.is_alive(), "the stream must stay open while the task is queued"
     run_worker()
     listener.join(timeout=30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import librosa
 import numpy as np
@@ -63,10 +62,8 @@ def test_tiny_melody_folder_loads_like_a_hub_checkpoint(melody_model):
 def test_tiny_melody_build_is_reused_and_rebuilt_for_another_seed(melody_model, tmp_path):
     weights = melody_model / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    started = time.perf_counter()
     assert build_tiny_melody(melody_model) == melody_model
-    assert time.perf_counter() - started < 0.5
-    assert weights.stat().st_mtime_ns == before
+    assert weights.stat().st_mtime_ns == before  # reused, not rebuilt (judged by the file, not by speed)
 
     other = build_tiny_melody(tmp_path / "m", seed=1)
     assert (other / "model.safetensors").read_bytes() != weights.read_bytes()

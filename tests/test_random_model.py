@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -46,10 +45,8 @@ def test_existing_build_is_reused():
     path = build_tiny_musicgen(CACHE / "tiny-mono")
     weights = path / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    started = time.perf_counter()
     assert build_tiny_musicgen(CACHE / "tiny-mono") == path
-    assert time.perf_counter() - started < 0.5
-    assert weights.stat().st_mtime_ns == before
+    assert weights.stat().st_mtime_ns == before  # reused, not rebuilt (judged by the file, not by speed)
 
 
 def test_different_recipe_rebuilds_in_place(tmp_path):

@@ -2,14 +2,15 @@
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from datetime import timedelta
 
-from backend import heartbeat
+from backend import audiofile, heartbeat
 from backend.clock import utcnow
 from backend.maintenance import MAX_ATTEMPTS, reap_orphans
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.media_server import make_click_track
 from worker.audio import encode_wav
 
@@ -19,10 +20,50 @@ def _continue_body(seconds=8.0):
     return {"audio": base64.b64encode(encode_wav(clip, 32000)).decode(), "prompt_duration": 6}
 
 
-def test_job_timeout_fails_the_task_with_a_reason(client, services, settings, run_worker, monkeypatch):
+def _m4a_body(tmp_path, seconds=8.0):
+    """A clip libsndfile cannot read (AAC in MP4): decoding it needs an ffmpeg slot."""
+    source, target = tmp_path / "clip.wav", tmp_path / "clip.m4a"
+    source.write_bytes(encode_wav(make_click_track(120, seconds, sr=32000), 32000))
+    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(source),
+                    "-c:a", "aac", "-movflags", "+faststart", str(target)], check=True, capture_output=True)
+    return {"audio": base64.b64encode(target.read_bytes()).decode(), "prompt_duration": 6}
+
+
+def test_job_timeout_fails_the_task_with_a_reason(client, services, settings, tmp_path):
+    # The job must outlast its limit whatever the machine's speed: the test holds the only ffmpeg slot, so
+    # the worker's decode of the clip blocks, and gives the slot back only once the 1 s limit has struck
+    # (never by racing a fast machine against a short job).
+    import threading
+
+    from rq.timeouts import UnixSignalDeathPenalty
+
+    from worker import runtime
+    from worker.batching_worker import BatchingWorker
+
+    struck = threading.Event()
+
+    class RecordingDeathPenalty(UnixSignalDeathPenalty):
+        def handle_death_penalty(self, signum, frame):
+            struck.set()
+            super().handle_death_penalty(signum, frame)
+
+    gate = audiofile.configure_ffmpeg(1, wait_seconds=3600)
     services.queue.job_timeout = 1
-    task_id = client.post("/continue", json=_continue_body()).get_json()["task_id"]
-    run_worker()
+    task_id = client.post("/continue", json=_m4a_body(tmp_path)).get_json()["task_id"]
+    assert gate._slots.acquire(timeout=0)
+    # The decode runs on a preparation thread that the timeout cannot interrupt; free its slot once it struck.
+    releaser = threading.Thread(target=lambda: (struck.wait(600), gate._slots.release()), daemon=True)
+    releaser.start()
+    try:
+        rt = runtime.init(settings, worker_id=f"test-worker-{os.getpid()}")
+        worker = BatchingWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
+                                max_batch=settings.max_batch, batch_wait=settings.batch_wait_ms / 1000)
+        worker.death_penalty_class = RecordingDeathPenalty
+        worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+    finally:
+        struck.set()
+        releaser.join(30)
+        audiofile.configure_ffmpeg(0, 10.0)
     task = client.get(f"/tasks/{task_id}").get_json()
     assert task["status"] == "failed"
     assert "1 s limit" in task["error"]
@@ -64,16 +105,18 @@ def test_tasks_of_live_workers_are_left_alone(client, services, media_server):
 
 def test_health_is_live_only_with_a_fresh_heartbeat(client, services):
     assert client.get("/health").status_code == 503
-    heartbeat.write(services.redis, "w1", {"torch_ok": True, "device": "cpu", "torch_version": "2.13.0",
-                                          "models_loaded": ["m"]}, period_seconds=1)
+    info = {"torch_ok": True, "device": "cpu", "torch_version": "2.13.0", "models_loaded": ["m"]}
+    # A long period first, so that a slow moment between the beat and the read cannot expire it.
+    heartbeat.write(services.redis, "w1", info, period_seconds=600)
     body = client.get("/health").get_json()
     assert body["pytorch"] == "live" and body["status"] == "live" and body["workers"] == 1
     assert body["device"] == "cpu" and body["models_loaded"] == ["m"]
-    import time
-
-    time.sleep(3.2)  # three periods without a beat: the worker counts as gone
-    body = client.get("/health").get_json()
-    assert body["pytorch"] == "down" and body["workers"] == 0
+    # Then a beat of a 1 s period and none after it: the worker counts as gone once three periods pass
+    # (waited for, however long this machine takes, rather than slept on).
+    heartbeat.write(services.redis, "w1", info, period_seconds=1)
+    body = wait_for(lambda: (lambda b: b if b["pytorch"] == "down" else None)(client.get("/health").get_json()),
+                    timeout=60, interval=0.2, message="the stale worker to count as gone")
+    assert body["workers"] == 0
 
 
 def test_canceled_or_taken_task_is_not_run_twice(client, services, run_worker, media_server):
