@@ -6,9 +6,10 @@ worker, so the tasks listened to stay queued and the streams stay open. It
 submits a few tasks, opens ``--listeners`` ``GET /tasks/<id>/events``
 connections spread over them (loopback only, one selector thread reading them
 all), and while they are held: publishes an audio chunk to every task each
-second (so every listener receives events through the per-process hub),
-measures ``/health`` latency for ``--seconds`` and submits ``POST /generate``
-every second. It prints listeners held, ``/health`` p50/p99, the ``/generate``
+second, spread over the second as independent tasks would send them (so
+every listener receives events through the per-process hub),
+measures ``/health`` latency for ``--seconds`` and submits a ``POST /continue``
+and a ``POST /generate`` every second. It prints listeners held, ``/health`` p50/p99, the ``/generate``
 statuses, 5xx and errors, then one JSON line; it exits 1 when the goal (every
 listener held, ``/health`` p99 under 100 ms, every ``/generate`` accepted, no
 5xx) is missed.
@@ -240,6 +241,7 @@ def run(listeners: int, seconds: float, tasks: int, api_workers: int, tiny_model
 
     from backend.chunks import Chunk, publish
     from backend.embedded import free_port, start_mongo, start_redis, stop_process
+    from backend.settings import Settings
 
     data = Path(tempfile.mkdtemp(prefix="segue-flood-"))
     rds = start_redis(data / "redis", persist=False, stdout=subprocess.DEVNULL)
@@ -284,13 +286,16 @@ def run(listeners: int, seconds: float, tasks: int, api_workers: int, tiny_model
         connection = redis.Redis.from_url(rds.url)
         stop = threading.Event()
 
-        def publisher():  # one audio chunk per task per second, as a running task would send
+        def publisher():
+            # One audio chunk per task per second, as a running task would send; tasks run independently,
+            # so their chunks are spread over the second rather than all sent at the same instant.
             seq = 0
             while not stop.is_set():
                 for task_id in task_ids:
                     publish(connection, task_id, Chunk(seq, seq * 100, 32000, 1, b"\0" * 400))
+                    if stop.wait(1.0 / len(task_ids)):
+                        return
                 seq += 1
-                stop.wait(1.0)
 
         threading.Thread(target=publisher, daemon=True).start()
         health_ms: list[float] = []
@@ -339,7 +344,8 @@ def run(listeners: int, seconds: float, tasks: int, api_workers: int, tiny_model
             "health_max_ms": round(max(health_ms), 1) if health_ms else None,
             "submissions": {str(k): v for k, v in generate_status.items()},
             "server_errors_5xx": server_errors, "errors": errors[:5], "error_count": len(errors),
-            "api_workers": api_workers, "seconds": seconds, "tasks": tasks,
+            "api_workers": api_workers, "worker_class": Settings.from_env().api_worker_class,
+            "seconds": seconds, "tasks": tasks,
         }
         result["goal_met"] = bool(held_at_start == listeners and held_at_end == listeners and health_ms
                                   and result["health_p99_ms"] < 100 and not errors and server_errors == 0
@@ -369,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         model = str(build_tiny_musicgen(ROOT / ".cache" / "test-models" / "tiny-mono"))
     r = run(args.listeners, args.seconds, args.tasks, args.api_workers, model)
     print(f"listener flood        {r['listeners']} /events listeners on {r['tasks']} tasks, "
-          f"{r['api_workers']} gevent API workers, {r['seconds']:g} s")
+          f"{r['api_workers']} {r['worker_class']} API workers, {r['seconds']:g} s")
     print(f"listeners held        {r['held_at_start']} after {r['open_seconds']} s, {r['held_at_end']} at the end; "
           f"statuses {r['listener_statuses']}; every listener got >= {r['min_events_per_listener']} events")
     print(f"/health during flood  p50 {r['health_p50_ms']} ms  p99 {r['health_p99_ms']} ms  max "
