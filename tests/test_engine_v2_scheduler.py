@@ -247,3 +247,29 @@ def test_cancel_during_a_long_prefill_frees_the_rows_at_once(engine, todays):
     assert scheduler.rows_in_use == 2
     scheduler.run_until_idle()
     np.testing.assert_array_equal(running.outcome.audio, todays[0])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # gc.get_objects() touches deprecated torch aliases
+def test_no_tensors_outlive_a_task(scheduler):
+    import gc
+
+    def tensors() -> set[int]:
+        gc.collect()
+        found = set()
+        for o in gc.get_objects():
+            try:
+                if isinstance(o, torch.Tensor):
+                    found.add(id(o))
+            except ReferenceError:  # a dead weakref.proxy left by other tests
+                pass
+        return found
+
+    scheduler.run(mixed_requests())  # warm: lazily built buffers exist from here on
+    before = tensors()
+    for change in (lambda r: None, lambda r: setattr(r[1], "top_k", 2.5),
+                   lambda r: setattr(r[0], "should_stop", lambda: True)):
+        requests = mixed_requests()
+        change(requests)
+        outcomes = scheduler.run(requests)
+        del outcomes, requests
+        assert tensors() <= before
