@@ -1,17 +1,14 @@
 // The ffmpeg cap, with real ffmpeg and no timing: the only slot is held by a
-// real ffmpeg that a wrapper script keeps waiting on a FIFO until the test
-// writes to it, so "busy" and "free" are states the test controls.
+// real ffmpeg run that a wrapper script keeps waiting on its own FIFO until the
+// test writes to it, so "busy" and "free" are states the test controls.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { chmod, open, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, open, readdir, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { promisify } from 'node:util';
 
 import { Slots } from '../src/slots.js';
 import { b64, makeTone, postJson, scratchDir, startApp } from './helpers.js';
 
-const run = promisify(execFile);
 let wav;
 let dir;
 
@@ -20,17 +17,29 @@ before(async () => {
   dir = await scratchDir();
 });
 
-/** A real ffmpeg behind a gate: it starts only once release() writes to the FIFO. */
+/**
+ * Real ffmpeg behind a gate: each run first makes its own FIFO and waits on it; release() lets exactly
+ * one waiting run go on (it opens that run's FIFO, unlinks it so no later release can pick it, writes).
+ */
 async function heldFfmpeg(name) {
-  const fifo = path.join(dir, `${name}.fifo`);
-  await run('mkfifo', [fifo]);
+  const gates = await mkdtemp(path.join(dir, `${name}-`));
   const file = path.join(dir, `${name}.sh`);
-  await writeFile(file, `#!/bin/sh\nread _ < "${fifo}"\nexec ffmpeg "$@"\n`);
+  await writeFile(
+    file,
+    `#!/bin/sh\nf=$(mktemp -u "${gates}/wait.XXXXXX")\nmkfifo "$f"\nread _ < "$f"\nrm -f "$f"\nexec ffmpeg "$@"\n`,
+  );
   await chmod(file, 0o755);
   return {
     ffmpegPath: file,
     async release() {
-      const handle = await open(fifo, 'w');
+      let waiting = [];
+      while (waiting.length === 0) {
+        waiting = (await readdir(gates)).filter((entry) => entry.startsWith('wait.'));
+        if (waiting.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      const fifo = path.join(gates, waiting[0]);
+      const handle = await open(fifo, 'w'); // returns once that run reads
+      await unlink(fifo);
       await handle.write('go\n');
       await handle.close();
     },
