@@ -43,9 +43,8 @@ class Feed:
 
     def run(self) -> None:
         try:
-            for kind, payload in live.follow(self.hub.services, self.task_id):
-                if self.stopped:
-                    break  # the last listener left (checked at least every keep-alive period)
+            # Once the last listener has left, the reader stops within one blocking read (live.BLOCK_MS).
+            for kind, payload in live.follow(self.hub.services, self.task_id, should_stop=lambda: self.stopped):
                 if kind == "keepalive":
                     continue
                 with self.changed:

@@ -11,7 +11,7 @@ between the last chunk and the final event.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import chunks
 from .services import Services, current_progress, load_task, task_view
@@ -22,7 +22,9 @@ DOC_CHECK_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
 
 
-def follow(services: Services, task_id: str, *, max_seconds: float | None = None) -> Iterator[tuple[str, object]]:
+def follow(services: Services, task_id: str, *, max_seconds: float | None = None,
+           should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, object]]:
+    """``should_stop``: checked after every Redis read (at least every ``BLOCK_MS``); True ends the generator."""
     doc = load_task(services, task_id)  # 404 before the stream starts
     deadline = time.monotonic() + (max_seconds or services.settings.job_timeout + 600)
     after = "0-0"
@@ -30,6 +32,8 @@ def follow(services: Services, task_id: str, *, max_seconds: float | None = None
     checked = 0.0
     last_sent = time.monotonic()
     while True:
+        if should_stop is not None and should_stop():
+            return
         final = doc["status"] in FINAL_STATES
         # Block only while the task runs; once it ended, take what is left and stop.
         for entry_id, chunk in chunks.read(services.redis, task_id, after, block_ms=None if final else BLOCK_MS):

@@ -1,0 +1,83 @@
+"""The stream hub: one reader per task per process, shared by every listener (real Redis and MongoDB)."""
+
+from __future__ import annotations
+
+import threading
+
+from backend.chunks import Chunk, publish
+from backend.hub import Hub
+from tests.conftest import wait_for
+from tests.test_fuzz import REAL_AUDIO
+
+
+def _queued(client) -> str:
+    response = client.post("/continue", json={"audio": REAL_AUDIO, "prompt_duration": 1, "duration": 2})
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["task_id"]
+
+
+def _feed_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("feed-")]
+
+
+def test_listeners_share_one_reader_and_late_ones_catch_up(client, services):
+    task_id = _queued(client)
+    hub = Hub(services, keepalive_seconds=3600)
+    first, second = hub.listen(task_id), hub.listen(task_id)
+    assert next(first) == ("progress", {"progress": 0.0})
+    assert next(second) == ("progress", {"progress": 0.0})
+    assert hub.feeds() == 1 and len(_feed_threads()) == 1
+
+    for seq in range(3):
+        publish(services.redis, task_id, Chunk(seq, seq * 10, 32000, 1, bytes([seq]) * 40))
+    got = {name: [next(listener) for _ in range(3)] for name, listener in (("first", first), ("second", second))}
+    for items in got.values():
+        assert [(kind, chunk.seq) for kind, chunk in items] == [("audio", 0), ("audio", 1), ("audio", 2)]
+    # The same chunk objects: read from Redis once, handed to both.
+    assert all(a[1] is b[1] for a, b in zip(got["first"], got["second"]))
+    late = hub.listen(task_id)
+    assert next(late)[0] == "progress"  # the one progress value so far
+    assert [next(late)[1].seq for _ in range(3)] == [0, 1, 2]  # everything generated so far, from the start
+    assert hub.feeds() == 1
+
+    # The task ends: every listener gets the final event and stops; the feed goes away.
+    assert client.post(f"/tasks/{task_id}/cancel").status_code == 200
+    for listener in (first, second, late):
+        kinds = [kind for kind, _ in listener]
+        assert kinds[-1] == "canceled" and "audio" not in kinds
+    wait_for(lambda: hub.feeds() == 0 and not _feed_threads(), timeout=60, message="the feed to end")
+
+
+def test_the_reader_stops_when_its_last_listener_leaves(client, services):
+    task_id = _queued(client)
+    hub = Hub(services, keepalive_seconds=3600)
+    listeners = [hub.listen(task_id) for _ in range(5)]
+    for listener in listeners:
+        next(listener)
+    assert hub.feeds() == 1
+    for listener in listeners[:-1]:
+        listener.close()
+    assert hub.feeds() == 1  # one listener is left
+    listeners[-1].close()
+    assert hub.feeds() == 0
+    wait_for(lambda: not _feed_threads(), timeout=60, message="the reader to stop")
+    # A new listener starts a fresh reader, which reads Redis from the start again.
+    publish(services.redis, task_id, Chunk(0, 0, 32000, 1, b"\0" * 8))
+    again = hub.listen(task_id)
+    assert [next(again)[0] for _ in range(2)] == ["audio", "progress"]
+    again.close()
+
+
+def test_a_keepalive_comes_when_nothing_happens(client, services):
+    task_id = _queued(client)
+    hub = Hub(services, keepalive_seconds=0.2)
+    listener = hub.listen(task_id)
+    kinds = []
+    for kind, _ in listener:  # keep-alives may come before the reader's first read ends
+        kinds.append(kind)
+        if kind == "progress":
+            break
+    assert set(kinds) <= {"keepalive", "progress"}
+    # Nothing else will happen to this queued task: the next item is a keep-alive, however long it takes.
+    assert next(listener) == ("keepalive", None)
+    listener.close()
