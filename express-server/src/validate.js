@@ -58,7 +58,11 @@ export function parseCropRequest(body) {
   return { audio, start, end };
 }
 
-/** {audioClips: [base64, ...]} with at least one clip. */
+// ffmpeg opens every clip at once (one input and one filter chain each): thousands of tiny clips would
+// exhaust file descriptors or the command line and fail as a 500.
+export const MAX_CLIPS = 64;
+
+/** {audioClips: [base64, ...]} with at least one clip and at most MAX_CLIPS. */
 export function parseCombineRequest(body) {
   requireObject(body);
   const clips = body.audioClips;
@@ -67,5 +71,8 @@ export function parseCombineRequest(body) {
   }
   if (!Array.isArray(clips)) throw badRequest('invalid_body', 'audioClips must be an array of base64 strings');
   if (clips.length === 0) throw badRequest('empty_list', 'audioClips must contain at least one clip');
+  if (clips.length > MAX_CLIPS) {
+    throw badRequest('too_many_clips', `audioClips has ${clips.length} clips; the limit is ${MAX_CLIPS}`);
+  }
   return clips.map((clip, index) => decodeBase64(clip, `audioClips[${index}]`, { index }));
 }
