@@ -1,6 +1,6 @@
 # Quick start: `make run` (whole stack) and `make test` (all tests).
 # Both bootstrap what they need first and are safe to run again.
-.PHONY: run test bootstrap test-python test-node maintain bench load update-ytdlp
+.PHONY: run test bootstrap test-python test-node maintain bench bench-gpu bench-engine load update-ytdlp
 
 PY := .venv/bin/python
 
@@ -29,6 +29,15 @@ maintain: bootstrap
 # Throughput benchmark (not a test): baseline vs Segue vs raw model.generate.
 bench: bootstrap
 	@$(PY) -m bench
+
+# Engine v2 on one GPU (not a test; minutes on an H100/H200): steps/s with and without CUDA graphs vs
+# transformers' generate, one JSON line. `python -m bench.gpu --dry` runs the same path on CPU (tested).
+bench-gpu: bootstrap
+	@$(PY) -m bench.gpu $(BENCH_GPU_ARGS)
+
+# Engine v2 on CPU (not a test): decoding step fp32 vs int8, 1 vs 8 tasks, drift; ENGINE_ARGS="--e2e --poisson 6".
+bench-engine: bootstrap
+	@$(PY) -m bench.engine_v2 $(ENGINE_ARGS)
 
 # Load benchmark (not a test): 500 tasks through two workers, exactly once; wrk on the polling routes;
 # then the listener flood (1,000 open event streams while /health and submissions are measured).
