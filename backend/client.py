@@ -1,4 +1,4 @@
-"""A small Python client for the Segue API (needs only ``requests``; no torch, no Flask).
+"""A small Python client for the Segue API (needs only ``requests`` and ``pydantic``; no torch, no Flask).
 
     from backend.client import SegueClient
 
@@ -13,6 +13,13 @@ server has no event stream or the connection breaks. Errors the API answers
 (``{"error", "code"}``) raise ``SegueAPIError``; an unreachable server raises
 ``SegueConnectionError``; a task that ends failed or canceled raises
 ``SegueTaskError`` from ``wait``. All three are ``SegueError``.
+
+Requests are built with the server's own request models (``backend.schemas``),
+so a field the server would refuse is refused here, before anything is sent,
+with the server's code and sentence (``SegueInvalidRequest``, a 400
+``SegueAPIError``); answers are read with its response models
+(``backend.responses``). Task documents stay plain dicts: events and older
+servers (gary4web) send partial ones.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import requests
+from pydantic import BaseModel, ValidationError
+
+from . import responses, schemas
 
 FINAL_EVENTS = ("completed", "failed", "canceled")
 POLL_SECONDS = 1.0
@@ -44,6 +54,13 @@ class SegueAPIError(SegueError):
     def __init__(self, status: int, code: str, message: str, retry_after: float | None = None):
         super().__init__(f"HTTP {status} {code}: {message}")
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+class SegueInvalidRequest(SegueAPIError):
+    """A request the server would refuse, refused before sending (same status, code and sentence)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(400, code, message)
 
 
 class SegueConnectionError(SegueError):
@@ -159,35 +176,38 @@ class SegueClient:
         """
         body = {"url": url, "currentTime": at, "promptLength": prompt_length, "duration": duration,
                 "model": model, "prompt": prompt, "seed": seed, **sampling}
-        return self._submit("/generate", body)
+        return self._submit("/generate", schemas.GenerateRequest, body)
 
     def continue_clip(self, audio: bytes | str | os.PathLike, prompt_duration: float = 6,
                       duration: float | None = None, model: str | None = None, prompt: str | None = None,
                       seed: int | None = None, task_id: str | None = None, **sampling: Any) -> str:
         """Extend a clip (bytes, or the path of a WAV/MP3/OGG/FLAC file); returns the new task id."""
         data = audio if isinstance(audio, (bytes, bytearray)) else Path(audio).read_bytes()
-        body = {"audio": base64.b64encode(data).decode("ascii"), "prompt_duration": prompt_duration,
+        # Bytes go in as they are: the request model encodes them (and would decode base64 text again).
+        body = {"audio": bytes(data), "prompt_duration": prompt_duration,
                 "duration": duration, "model": model, "prompt": prompt, "seed": seed, "task_id": task_id,
                 **sampling}
-        return self._submit("/continue", body)
+        return self._submit("/continue", schemas.ContinueRequest, body)
 
-    def _submit(self, path: str, body: dict) -> str:
-        body = {k: v for k, v in body.items() if v is not None}
-        return self._json("POST", path, json=body, ok=(202,))["task_id"]
+    def _submit(self, path: str, request: type[schemas.RequestModel], body: dict) -> str:
+        payload = request_body(request, body)
+        answer = _read(responses.SubmitResponse, self._json("POST", path, json=payload, ok=(202,)))
+        return answer.task_id
 
     # -- reading -----------------------------------------------------------------------
     def task(self, task_id: str) -> dict:
         return self._json("GET", f"/tasks/{task_id}")
 
     def progress(self, task_id: str) -> float:
-        return float(self._json("GET", f"/progress/{task_id}")["progress"])
+        return _read(responses.Progress, self._json("GET", f"/progress/{task_id}")).progress
 
     def health(self) -> dict:
         """The health report; returned for 503 (degraded) as well, since it says what is down."""
         return self._json("GET", "/health", ok=(200, 503))
 
     def models(self) -> list[dict]:
-        return self._json("GET", "/models")["models"]
+        offered = _read(responses.Models, self._json("GET", "/models"))
+        return [model.model_dump(exclude_unset=True) for model in offered.models]
 
     def cancel(self, task_id: str) -> dict:
         return self._json("POST", f"/tasks/{task_id}/cancel")
@@ -299,6 +319,27 @@ class SegueClient:
             time.sleep(POLL_SECONDS)
 
 
+def request_body(request: type[schemas.RequestModel], body: dict) -> dict:
+    """The JSON body for ``request``: validated as the server will (the offered models aside: only it knows them).
+
+    Unset fields stay out, so the server applies its defaults; keys the model does not know are passed
+    through (a newer server may accept them).
+    """
+    try:
+        model = schemas.validate(request, body)
+    except schemas.FieldError as exc:
+        raise SegueInvalidRequest(exc.code, exc.message) from None
+    extra = {k: v for k, v in body.items() if k not in request.model_fields and v is not None}
+    return {**model.model_dump(mode="json", exclude_unset=True), **extra}
+
+
+def _read(model: type[BaseModel], body: Any) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise SegueError(f"the server's answer is not a {model.__name__}: {exc.errors()[0]['msg']}") from None
+
+
 def _finished(task: dict) -> dict:
     if task.get("status") != "completed":
         raise SegueTaskError(task)
@@ -323,10 +364,15 @@ def api_error(response: requests.Response) -> SegueAPIError:
     message, code = None, None
     try:
         body = response.json()
+    except ValueError:
+        body = None
+    try:
+        error = responses.Error.model_validate(body)
+        message, code = error.error, error.code
+    except ValidationError:
+        # Not every error answer is Segue's {"error", "code"} (a proxy's; gary4web's lack the code).
         if isinstance(body, dict):
             message, code = body.get("error"), body.get("code")
-    except ValueError:
-        pass
     retry = response.headers.get("Retry-After")
     try:
         retry_after = float(retry) if retry else None

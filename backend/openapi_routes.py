@@ -1,11 +1,12 @@
-"""OpenAPI entries of the routes beyond gary4web's: live streams, downloads, models, cancel,
-metrics and the pages. Merged into the document by ``openapi.build_openapi``."""
+"""OpenAPI paths of the routes beyond gary4web's: live streams, downloads, models, cancel,
+metrics and the pages. Merged into the document by ``openapi.build_openapi``; their bodies'
+schemas (Model, Models, SSEEvent, Task) come from ``responses``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .openapi import _err, _json, _nullable_type
+from .openapi import REF_TEMPLATE, _err, _json
 
 TASK_ID = [{"$ref": "#/components/parameters/TaskId"}]
 COMMON = {"404": _err("NotFound"), "429": _err("TooManyRequests"), "503": _err("Unavailable")}
@@ -34,49 +35,6 @@ a `"status"` (`completed`, `failed`, `canceled`, `timeout` when the stream's tim
 task ended, or `interrupted` when Redis/MongoDB went away) and no PCM."""
 
 
-# One event of the stream, as an SSE parser sees it (``data`` is JSON text, see the description).
-SSE_EVENT = {
-    "type": "object",
-    "properties": {
-        "event": {"type": "string",
-                  "enum": ["progress", "audio", "completed", "failed", "canceled", "error", "timeout"]},
-        "data": {"type": "string"},
-        "id": {"type": "string"},
-        "retry": {"type": "integer"},
-    },
-}
-
-
-def schemas() -> dict[str, Any]:
-    return {
-        "Model": {
-            "type": "object",
-            "required": ["id", "description", "sample_rate", "channels", "loaded"],
-            "properties": {
-                "id": {"type": "string", "description": "Pass as `model` in requests."},
-                "description": _nullable_type("string", description="Default text prompt used when a "
-                                              "request has none (community fine-tunes have one)."),
-                "sample_rate": _nullable_type("integer"),
-                "channels": _nullable_type("integer", description="1 (mono) or 2 (stereo)."),
-                "size": _nullable_type("string", description="Parameters, e.g. `300M`."),
-                "kind": {"type": "string", "description": "`musicgen`, `musicgen_melody` or "
-                         "`audiocraft_checkpoint` (converted on first load)."},
-                "summary": _nullable_type("string"),
-                "loaded": {"type": "boolean", "description": "Loaded on at least one live worker."},
-                "load_error": _nullable_type("string", description="Why a worker could not load it (while "
-                                             "no worker has it loaded); tasks for it fail with this."),
-                "default": {"type": "boolean"},
-            },
-        },
-        "Models": {
-            "type": "object",
-            "required": ["models", "default"],
-            "properties": {"models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
-                           "default": {"type": "string"}},
-        },
-    }
-
-
 def _page(operation_id: str, summary: str) -> dict[str, Any]:
     return {"get": {"operationId": operation_id, "summary": summary, "tags": ["pages"],
                     "responses": {"200": {"description": "An HTML page.",
@@ -92,7 +50,7 @@ def paths() -> dict[str, Any]:
             "operationId": "taskEvents", "summary": "Progress and audio while the task runs (SSE)",
             "description": EVENTS_DESCRIPTION, "tags": ["live"],
             "responses": {"200": {"description": "An event stream.",
-                                  "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+                                  "content": {"text/event-stream": {"schema": {"$ref": REF_TEMPLATE.format(model="SSEEvent")}}}},
                           "400": _err("BadRequest"), **COMMON}}},
         "/tasks/{task_id}/stream": {"parameters": TASK_ID, "get": {
             "operationId": "taskStream", "summary": "Audio while the task runs (binary frames)",

@@ -341,3 +341,20 @@ def test_cli_and_client_never_import_torch_or_flask():
             "print(sorted(m for m in ('torch', 'flask', 'pymongo') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_client_builds_requests_with_the_servers_models():
+    from backend import schemas
+    from backend.client import SegueInvalidRequest, request_body
+
+    body = request_body(schemas.GenerateRequest, {"url": "https://youtu.be/dQw4w9WgXcQ?t=4", "currentTime": 1,
+                                                  "promptLength": 6, "duration": "16-18", "model": None,
+                                                  "later_field": "kept"})
+    assert body == {"url": "https://www.youtube.com/watch?v=dQw4w9WgXcQ", "currentTime": 1.0, "promptLength": 6.0,
+                    "duration": "16-18", "later_field": "kept"}
+    clip = request_body(schemas.ContinueRequest, {"audio": b"RIFF", "prompt_duration": 2, "duration": None})
+    assert clip == {"audio": base64.b64encode(b"RIFF").decode(), "prompt_duration": 2.0}
+    # Refused before sending, with the code and sentence the server would answer.
+    with pytest.raises(SegueInvalidRequest) as caught:
+        SegueClient("http://127.0.0.1:9").generate("https://e.com/a", prompt_length=10, duration="4-5")
+    assert caught.value.status == 400 and caught.value.code == "invalid_field" and "promptLength" in caught.value.message

@@ -1,11 +1,11 @@
-"""The OpenAPI document is valid, complete, generated from the request schemas, and rendered at /docs."""
+"""The OpenAPI document is valid, complete, generated from the request and response models, and rendered at /docs."""
 
 from __future__ import annotations
 
 import pytest
 from openapi_spec_validator import validate
 
-from backend import openapi, schemas
+from backend import fieldtypes, openapi, responses, schemas
 from backend.routes import docs
 from backend.settings import Settings
 
@@ -59,44 +59,58 @@ def test_every_flask_route_is_documented(docs_app, document):
         assert path in document["paths"]
 
 
-@pytest.mark.parametrize("schema_obj", [schemas.GENERATE, schemas.CONTINUE], ids=lambda s: s.name)
-def test_request_fields_are_generated_from_schemas(document, settings, schema_obj):
-    body = document["components"]["schemas"][schema_obj.name]
+@pytest.mark.parametrize("model", [schemas.GenerateRequest, schemas.ContinueRequest], ids=lambda m: m.__name__)
+def test_request_fields_are_generated_from_the_models(document, settings, model):
+    body = document["components"]["schemas"][model.__name__]
     props = body["properties"]
-    assert [f.name for f in schema_obj.fields] == list(props)
-    assert body.get("required", []) == [f.name for f in schema_obj.fields if f.required]
-    for f in schema_obj.fields:
-        prop = props[f.name]
-        assert prop["description"].startswith(f.help)
-        if f.kind in ("number", "integer"):
+    assert schemas.field_order(model) == list(props)
+    assert body.get("required", []) == [name for name, f in model.model_fields.items() if f.is_required()]
+    assert body["additionalProperties"] is True and body["description"] == model.__doc__
+    for name, f in model.model_fields.items():
+        prop = props[name]
+        assert prop["description"].startswith(f.description)
+        marker = fieldtypes.marker_of(f.metadata)
+        if isinstance(marker, fieldtypes.Number):
             number, numeric_string = prop["anyOf"][0], prop["anyOf"][1]
-            assert number["type"] == f.kind
+            assert number["type"] == ("integer" if marker.integer else "number")
             assert numeric_string["type"] == "string" and numeric_string["pattern"]
-            assert number.get("minimum") == f.minimum and number.get("maximum") == f.maximum
-        elif f.kind == "duration_range":
-            assert prop["x-range-bounds"] == {"minimum": f.minimum, "maximum": f.maximum}
-        if f.max_length is not None:
-            assert prop["maxLength"] == f.max_length
-        if f.name == "model":
+            assert number["minimum"] == marker.minimum and number["maximum"] == marker.maximum
+        elif isinstance(marker, fieldtypes.DurationRange):
+            assert prop["x-range-bounds"] == {"minimum": marker.minimum, "maximum": marker.maximum}
+        if getattr(marker, "max_length", None) is not None:
+            assert prop["maxLength"] == marker.max_length
+        if name == "model":
             assert [v for v in prop["enum"] if v is not None] == list(settings.models)
             assert prop["default"] == settings.default_model
-        elif f.kind == "choice":
-            assert [v for v in prop["enum"] if v is not None] == list(f.choices)
-        if f.default is not None:
-            expected = f"{f.default[0]:g}-{f.default[1]:g}" if isinstance(f.default, tuple) else f.default
-            assert prop["default"] == expected
-        if f.example is not None:
-            assert prop["examples"] == [f.example]
+        elif isinstance(marker, fieldtypes.Choice):
+            assert [v for v in prop["enum"] if v is not None] == list(marker.choices)
+        if not f.is_required() and f.default is not None:
+            assert prop["default"] == f.default
+        if f.examples:
+            assert prop["examples"] == f.examples
+    assert props["duration"]["default"] == ("16-18" if model is schemas.GenerateRequest else 30.0)
+
+
+def test_component_schemas_are_the_models_json_schemas(settings):
+    doc = openapi.build_openapi(settings)
+    for model in (*openapi.REQUESTS, *responses.DOCUMENTED):
+        expected = model.model_json_schema(ref_template=openapi.REF_TEMPLATE)
+        expected.pop("$defs", None)
+        published = doc["components"]["schemas"][model.__name__]
+        if model in openapi.REQUESTS:  # the offered models come from the settings
+            published = {**published, "properties": {**published["properties"],
+                                                     "model": expected["properties"]["model"]}}
+        assert published == expected, model.__name__
+    assert doc["components"]["schemas"]["TaskStatus"]["enum"] == [s.value for s in responses.TaskStatus]
 
 
 def test_numeric_string_pattern_matches_what_the_parser_accepts():
     import re
 
     pattern = re.compile(openapi.NUMERIC_STRING_PATTERN)
-    field = next(f for f in schemas.GENERATE.fields if f.name == "promptLength")
     for text in ("6", " 6 ", "6.5", "+7", "1e1", ".5e1", "1_0"):
         assert pattern.match(text), text
-        field.parse(text)  # the parser accepts it too
+        schemas.parse(schemas.GenerateRequest, {"url": "https://e.com/a", "promptLength": text})  # accepted too
     for text in ("six", "6s", "--6", "0x10", "inf", "nan"):
         assert not pattern.match(text), text
 

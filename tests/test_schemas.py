@@ -3,15 +3,17 @@ import base64
 import pytest
 
 from backend.errors import BadRequest
-from backend.schemas import CONTINUE, GENERATE, check_continue, check_generate
+from backend.schemas import ContinueRequest, GenerateRequest, parse
 
-MODELS = {"model": ("m1", "m2")}
+MODELS = ("m1", "m2")
 
 
 def parse_generate(body):
-    values = GENERATE.parse(body, choices=MODELS)
-    check_generate(values)
-    return values
+    return parse(GenerateRequest, body, MODELS)
+
+
+def parse_continue(body):
+    return parse(ContinueRequest, body, MODELS)
 
 
 def test_generate_defaults_and_numeric_strings():
@@ -66,7 +68,7 @@ def test_model_not_offered_has_its_own_code():
 
 def test_body_must_be_an_object():
     with pytest.raises(BadRequest):
-        GENERATE.parse(["url"])
+        parse(GenerateRequest, ["url"], MODELS)
 
 
 def test_single_number_duration_means_exact_range():
@@ -76,26 +78,92 @@ def test_single_number_duration_means_exact_range():
 def test_continue_decodes_base64_and_data_urls():
     raw = b"RIFF....WAVEfmt "
     encoded = base64.b64encode(raw).decode()
-    assert CONTINUE.parse({"audio": encoded}, choices=MODELS)["audio"] == raw
-    assert CONTINUE.parse({"audio": "data:audio/wav;base64," + encoded}, choices=MODELS)["audio"] == raw
-    assert CONTINUE.parse({"audio": encoded, "prompt_duration": "6"}, choices=MODELS)["prompt_duration"] == 6.0
+    assert parse_continue({"audio": encoded})["audio"] == raw
+    assert parse_continue({"audio": "data:audio/wav;base64," + encoded})["audio"] == raw
+    assert parse_continue({"audio": encoded, "prompt_duration": "6"})["prompt_duration"] == 6.0
 
 
 @pytest.mark.parametrize("audio", ["", "!!!not base64!!!", 12, None])
 def test_continue_rejects_missing_or_invalid_audio(audio):
     with pytest.raises(BadRequest):
-        CONTINUE.parse({"audio": audio}, choices=MODELS)
+        parse_continue({"audio": audio})
 
 
 def test_continue_prompt_must_leave_room_in_the_window():
-    values = CONTINUE.parse({"audio": "UklGRg==", "prompt_duration": 30}, choices=MODELS)
-    with pytest.raises(BadRequest):
-        check_continue(values)
+    with pytest.raises(BadRequest) as caught:
+        parse_continue({"audio": "UklGRg==", "prompt_duration": 30})
+    assert "prompt_duration" in caught.value.message and caught.value.code == "invalid_field"
 
 
 def test_continue_duration_bounds_the_window():
-    values = CONTINUE.parse({"audio": "UklGRg==", "prompt_duration": "2", "duration": "3"}, choices=MODELS)
-    check_continue(values)
+    values = parse_continue({"audio": "UklGRg==", "prompt_duration": "2", "duration": "3"})
     assert values["duration"] == 3.0
     with pytest.raises(BadRequest):
-        check_continue(CONTINUE.parse({"audio": "UklGRg==", "prompt_duration": 6, "duration": 5}, choices=MODELS))
+        parse_continue({"audio": "UklGRg==", "prompt_duration": 6, "duration": 5})
+
+
+# -- what the pydantic models reproduce of the hand-written parser ---------------------------
+
+@pytest.mark.parametrize("blank", [None, ""])
+def test_null_or_empty_means_the_default_except_for_text(blank):
+    values = parse_generate({"url": "https://e.com/a", "promptLength": blank, "duration": blank, "seed": blank,
+                             "melody": blank, "output_format": blank, "model": blank, "prompt": blank})
+    assert values["promptLength"] == 6.0 and values["duration"] == (16.0, 18.0) and values["seed"] is None
+    assert values["melody"] is False and values["output_format"] == "wav" and values["model"] is None
+    assert values["prompt"] == blank  # "" is a text like any other; null is the default (None)
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"url": None}, "missing_field"),
+    ({"url": "  "}, "missing_field"),
+    ({"url": "ftp://e.com/a"}, "url_refused"),
+    ({"url": "https://e.com/a", "model": "m3"}, "model_not_offered"),
+    ({"url": "https://e.com/a", "seed": 10**400}, "invalid_field"),
+    ({"url": "https://e.com/a", "top_k": "1.5"}, "invalid_field"),
+    ({"url": "https://e.com/a", "melody": "yes"}, "invalid_field"),
+])
+def test_refusals_keep_their_codes(body, code):
+    with pytest.raises(BadRequest) as caught:
+        parse_generate(body)
+    assert caught.value.code == code and caught.value.status == 400
+
+
+def test_the_first_field_in_request_order_is_reported():
+    # url is declared before the shared fields: it is the one named, as before the models.
+    with pytest.raises(BadRequest) as caught:
+        parse_generate({"url": "ftp://e.com/a", "model": "m3", "seed": -1})
+    assert caught.value.code == "url_refused" and "'url'" in caught.value.message
+
+
+def test_numbers_booleans_and_unknown_fields():
+    values = parse_generate({"url": "https://e.com/a", "seed": "7", "top_k": 40.0, "melody": "1", "whatever": [1]})
+    assert values["seed"] == 7 and isinstance(values["seed"], int) and values["top_k"] == 40
+    assert values["melody"] is True and "whatever" not in values
+    assert parse_generate({"url": "https://e.com/a", "melody": "false"})["melody"] is False
+
+
+def test_base64_variants_decode_alike():
+    raw = bytes(range(250, 256)) * 3
+    standard = base64.b64encode(raw).decode()
+    for text in (standard, standard.rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("="),
+                 "data:audio/mpeg;base64," + standard):
+        assert parse_continue({"audio": text})["audio"] == raw
+    with pytest.raises(BadRequest) as caught:
+        parse_continue({"audio": "abc$"})
+    assert caught.value.code == "invalid_base64"
+
+
+def test_models_round_trip_through_json():
+    body = {"url": "https://e.com/a", "currentTime": "1.5", "duration": "10-12", "seed": 3, "model": "m2"}
+    model = GenerateRequest.model_validate(body, context={"models": MODELS})
+    sent = model.model_dump(mode="json", exclude_unset=True)
+    assert sent == {"url": "https://e.com/a", "currentTime": 1.5, "duration": "10-12", "seed": 3, "model": "m2"}
+    assert parse_generate(sent) == parse_generate(body)
+    clip = parse_continue({"audio": "UklGRg", "prompt_duration": 2, "duration": 3})
+    again = ContinueRequest.model_validate(clip).model_dump(mode="json")
+    assert again["audio"] == "UklGRg==" and parse_continue(again) == clip
+
+
+def test_without_the_servers_models_any_model_id_passes():
+    # The Python client validates without knowing what the server offers; the server decides.
+    assert GenerateRequest.model_validate({"url": "https://e.com/a", "model": "x/y"}).model == "x/y"

@@ -1,11 +1,11 @@
-"""GET /openapi.json (the document generated from the request schemas) and GET /docs (its HTML rendering)."""
+"""GET /openapi.json (the document generated from the request and response models) and GET /docs (its HTML rendering)."""
 
 import functools
 import json
 
 from flask import Blueprint, Response
 
-from .. import openapi
+from .. import openapi, openapi_html
 from ..context import services
 from ..settings import Settings
 
@@ -16,7 +16,7 @@ bp = Blueprint("docs", __name__)
 def _rendered(settings: Settings) -> tuple[str, str]:
     """The document as JSON text and as the /docs page, built once per process (and settings)."""
     document = openapi.build_openapi(settings)
-    return json.dumps(document), openapi.render_html(document)
+    return json.dumps(document), openapi_html.render_html(document)
 
 
 @bp.get("/openapi.json")

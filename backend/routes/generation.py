@@ -12,14 +12,12 @@ bp = Blueprint("generation", __name__)
 @bp.post("/generate")
 def generate():
     s = services()
-    values = schemas.GENERATE.parse(json_body(), choices={"model": s.settings.model_ids})
-    schemas.check_generate(values)
+    values = schemas.parse(schemas.GenerateRequest, json_body(), s.settings.model_ids)
     return jsonify(svc.submit_generate(s, values)), 202
 
 
 @bp.post("/continue")
 def continue_clip():
     s = services()
-    values = schemas.CONTINUE.parse(json_body(), choices={"model": s.settings.model_ids})
-    schemas.check_continue(values)
+    values = schemas.parse(schemas.ContinueRequest, json_body(), s.settings.model_ids)
     return jsonify(svc.submit_continue(s, values)), 202
