@@ -77,7 +77,6 @@ def test_listeners_beyond_the_threads_do_not_starve_the_api(api, settings):
     clip = wav_base64()
     task_ids = [_submit(base, clip) for _ in range(TASKS)]  # no worker: they stay queued, streams stay open
     connection = redis.Redis.from_url(settings.redis_url)
-    clients_before = len(connection.client_list())
     pool = ListenerPool("127.0.0.1", api)
     try:
         for i in range(LISTENERS):
@@ -97,8 +96,11 @@ def test_listeners_beyond_the_threads_do_not_starve_the_api(api, settings):
         task_ids.append(_submit(base, clip))
         assert requests.get(f"{base}/tasks/{task_ids[-1]}", timeout=10).json()["status"] == "queued"
 
-        # One reader per task, not per listener: Redis sees a handful of connections, not hundreds.
-        assert len(connection.client_list()) - clients_before < TASKS + 20
+        # One reader per task, not per listener: a handful of connections read the chunk streams (their last
+        # command was XREAD), where a reader per listener would have LISTENERS of them blocked at once.
+        # (The total number of connections is no measure: the pool grows with bursts of admissions.)
+        readers = [c for c in connection.client_list() if c.get("cmd", "").lower() == "xread"]
+        assert 1 <= len(readers) < LISTENERS // 4, readers
 
         # What is published for a task reaches every one of its /events listeners (through the hub).
         before = {path: list(counts) for path, counts in pool.events_per_path().items()}
