@@ -109,6 +109,16 @@ padding:0 .2rem;border-radius:3px} .muted{color:#666}
 """
 
 
+
+def _operations(doc: dict):
+    """Every operation of the document: (path, method, operation, its page anchor, path-level parameters)."""
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            anchor = f"{method}-{path}".replace("/", "-").replace("{", "").replace("}", "")
+            yield path, method, op, anchor, item.get("parameters", [])
+
 def render_html(doc: dict) -> str:
     """A self-contained HTML reference of the document: routes, fields, types, defaults, errors."""
     info = doc["info"]
@@ -122,51 +132,42 @@ def render_html(doc: dict) -> str:
         _paragraphs(info.get("description", "")),
         "<h2>Routes</h2><ul>",
     ]
-    for path, item in doc["paths"].items():
-        for method, op in item.items():
-            if method == "parameters":
-                continue
-            anchor = f"{method}-{path}".replace("/", "-").replace("{", "").replace("}", "")
-            parts.append(f"<li><a href=\"#{html.escape(anchor)}\"><code>{method.upper()} {html.escape(path)}</code></a>"
-                         f" — {html.escape(op.get('summary', ''))}</li>")
+    for path, method, op, anchor, _ in _operations(doc):
+        parts.append(f"<li><a href=\"#{html.escape(anchor)}\"><code>{method.upper()} {html.escape(path)}</code></a>"
+                     f" — {html.escape(op.get('summary', ''))}</li>")
     parts.append("</ul>")
-    for path, item in doc["paths"].items():
-        shared_params = item.get("parameters", [])
-        for method, op in item.items():
-            if method == "parameters":
-                continue
-            anchor = f"{method}-{path}".replace("/", "-").replace("{", "").replace("}", "")
-            parts.append(f"<div class=\"op\" id=\"{html.escape(anchor)}\"><h3><span class=\"method {method}\">"
-                         f"{method.upper()}</span><code>{html.escape(path)}</code></h3>")
-            parts.append(f"<p><strong>{html.escape(op.get('summary', ''))}</strong></p>")
-            if op.get("description"):
-                parts.append(f"<p>{html.escape(op['description'])}</p>")
-            params = [_resolve(doc, p) for p in shared_params + op.get("parameters", [])]
-            if params:
-                parts.append("<h4>Parameters</h4><ul>")
-                for p in params:
-                    parts.append(f"<li><code>{html.escape(p['name'])}</code> (in {p['in']}): "
-                                 f"{html.escape(p.get('description', ''))}</li>")
-                parts.append("</ul>")
-            body = op.get("requestBody")
-            if body:
-                for media, content in body["content"].items():
-                    schema = _resolve(doc, content["schema"])
-                    parts.append(f"<h4>Request body (<code>{html.escape(media)}</code>)</h4>")
-                    parts.append(_schema_table(doc, schema))
-                    if schema.get("examples"):
-                        parts.append("<p>Example:</p><pre><code>"
-                                     f"{html.escape(json.dumps(schema['examples'][0], indent=2))}</code></pre>")
-            parts.append("<h4>Responses</h4>")
-            for status, response in op["responses"].items():
-                response = _resolve(doc, response)
-                parts.append(f"<p><strong>{html.escape(status)}</strong> — {html.escape(response['description'])}</p>")
-                for media, content in (response.get("content") or {}).items():
-                    ref = content["schema"].get("$ref", "")
-                    if ref.endswith("/Error") and status != "200":
-                        parts.append("<p class=\"muted\"><code>{\"error\": \"…\", \"code\": \"…\"}</code></p>")
-                    elif media == "application/json":
-                        parts.append(_schema_table(doc, content["schema"]))
-            parts.append("</div>")
+    for path, method, op, anchor, shared_params in _operations(doc):
+        parts.append(f"<div class=\"op\" id=\"{html.escape(anchor)}\"><h3><span class=\"method {method}\">"
+                     f"{method.upper()}</span><code>{html.escape(path)}</code></h3>")
+        parts.append(f"<p><strong>{html.escape(op.get('summary', ''))}</strong></p>")
+        if op.get("description"):
+            parts.append(f"<p>{html.escape(op['description'])}</p>")
+        params = [_resolve(doc, p) for p in shared_params + op.get("parameters", [])]
+        if params:
+            parts.append("<h4>Parameters</h4><ul>")
+            for p in params:
+                parts.append(f"<li><code>{html.escape(p['name'])}</code> (in {p['in']}): "
+                             f"{html.escape(p.get('description', ''))}</li>")
+            parts.append("</ul>")
+        body = op.get("requestBody")
+        if body:
+            for media, content in body["content"].items():
+                schema = _resolve(doc, content["schema"])
+                parts.append(f"<h4>Request body (<code>{html.escape(media)}</code>)</h4>")
+                parts.append(_schema_table(doc, schema))
+                if schema.get("examples"):
+                    parts.append("<p>Example:</p><pre><code>"
+                                 f"{html.escape(json.dumps(schema['examples'][0], indent=2))}</code></pre>")
+        parts.append("<h4>Responses</h4>")
+        for status, response in op["responses"].items():
+            response = _resolve(doc, response)
+            parts.append(f"<p><strong>{html.escape(status)}</strong> — {html.escape(response['description'])}</p>")
+            for media, content in (response.get("content") or {}).items():
+                ref = content["schema"].get("$ref", "")
+                if ref.endswith("/Error") and status != "200":
+                    parts.append("<p class=\"muted\"><code>{\"error\": \"…\", \"code\": \"…\"}</code></p>")
+                elif media == "application/json":
+                    parts.append(_schema_table(doc, content["schema"]))
+        parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
