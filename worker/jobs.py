@@ -156,8 +156,15 @@ def _prepare(rt: runtime.Runtime, run: TaskRun) -> None:
 
 
 def _run_group(rt: runtime.Runtime, model: str, runs: list[TaskRun]) -> None:
-    with ThreadPoolExecutor(max_workers=min(PREPARE_THREADS, len(runs))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(PREPARE_THREADS, len(runs)))
+    try:
         list(pool.map(lambda run: _prepare(rt, run), runs))
+    except BaseException:
+        # The job's time limit (or a stop) fired while downloads ran: end the job now rather than
+        # wait for them; what is still running ends by its own socket timeout and is discarded.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     ready = [run for run in runs if run.prepared is not None]
     if not ready:
         return
