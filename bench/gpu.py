@@ -144,6 +144,12 @@ def hf_steps_per_s(model, tasks: int, lengths: tuple[int, int], device) -> float
     return lengths[1] / times[1]  # too fast to tell the fixed costs apart (the dry run): all of it
 
 
+
+def _figure(value: float) -> float:
+    """Three significant figures: a fixed number of decimals would print a tiny share (a dry run, a slow
+    host) as 0."""
+    return float(f"{value:.3g}")
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         f"copy bandwidth {bandwidth / 1e9:.0f} GB/s")
     result: dict = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype).split(".")[-1],
-        "dry": args.dry, "tasks": tasks, "positions": positions, "bandwidth_gb_s": round(bandwidth / 1e9, 1),
+        "dry": args.dry, "tasks": tasks, "positions": positions, "bandwidth_gb_s": _figure(bandwidth / 1e9),
     }
     for name, arch in archs.items():
         model = build(arch, device, dtype)
@@ -178,17 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         for count in tasks:
             for mode in modes:
                 rate, read = v2_steps_per_s(model, count, mode, steps, positions, device)
-                figures[f"v2_{mode}_steps_s"][str(count)] = round(rate, 2)
+                figures[f"v2_{mode}_steps_s"][str(count)] = _figure(rate)
                 if mode == modes[0]:
-                    shares[str(count)] = round(read / bandwidth * rate, 3)
+                    shares[str(count)] = _figure(read / bandwidth * rate)
                 log(f"{name} ({arch}) x{count} v2 {mode}: {rate:.1f} steps/s")
         figures["hf_generate_steps_s"] = {}
         for count in tasks:
             rate = hf_steps_per_s(model, count, lengths, device)
-            figures["hf_generate_steps_s"][str(count)] = round(rate, 2)
+            figures["hf_generate_steps_s"][str(count)] = _figure(rate)
             log(f"{name} ({arch}) x{count} transformers generate: {rate:.1f} steps/s")
         best = "v2_graphs_steps_s" if "graphs" in modes else "v2_eager_steps_s"
-        figures["graphs_vs_hf"] = {c: round(figures[best][c] / figures["hf_generate_steps_s"][c], 2)
+        figures["graphs_vs_hf"] = {c: _figure(figures[best][c] / figures["hf_generate_steps_s"][c])
                                    for c in figures[best]}
         figures["bandwidth_share"] = shares
         result[name] = figures
