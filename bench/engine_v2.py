@@ -8,7 +8,7 @@ weights do not change speed), guided tasks (two rows each):
 - ``step_ms``: one batched decoding step of engine v2's own loop
   (``worker.engine.step.DecoderStep`` over the slotted ``KVCache``), every row
   attending over ``--positions`` cached positions, for 1 and 8 tasks, with
-  the decoder in float32, weight-only ``int8`` and ``int8-dynamic``;
+  the decoder in float32, ``int8-weight-only`` and ``int8`` (dynamic);
 - ``hf_step_ms``: the same step through transformers' own decoder forward
   with its ``DynamicCache`` (what ``generate`` runs per step), float32;
 - ``drift``: next-token distributions of each int8 mode against float32 on
@@ -202,7 +202,7 @@ def end_to_end(model_path: Path, settler, tasks_list: list[int]) -> dict:
         "static": lambda reqs: engine.generate_each(reqs),
         "v2_fp32": Scheduler(engine, max_rows=rows, max_seconds=work.total_seconds + 1).run,
         "v2_int8": Scheduler(engine, max_rows=rows, max_seconds=work.total_seconds + 1,
-                             decoder=quantize_decoder(engine.model.decoder, "int8")).run,
+                             decoder=quantize_decoder(engine.model.decoder, "int8-weight-only")).run,
     }
     seconds: dict = {}
     for count in tasks_list:
@@ -320,7 +320,7 @@ def step_figures(args, settler) -> dict:
     model = MusicgenForConditionalGeneration.from_pretrained(
         args.model, dtype=torch.float32, attn_implementation={"decoder": "sdpa", "text_encoder": "sdpa"}).eval()
     decoders = {"fp32": model.decoder}
-    for mode in ("int8", "int8-dynamic"):
+    for mode in ("int8-weight-only", "int8"):
         decoders[mode] = quantize_decoder(model.decoder, mode)
     log(f"loaded and quantized in {time.perf_counter() - started:.0f} s; threads {torch.get_num_threads()}")
 
@@ -349,7 +349,7 @@ def step_figures(args, settler) -> dict:
         f"step_{high}_vs_{low}": round(best[("fp32", high)] / best[("fp32", low)], 2),
         f"throughput_{high}_vs_{low}": round(high * best[("fp32", low)] / best[("fp32", high)], 2),
         "int8_speedup": {f"{mode}_x{t}": round(best[("fp32", t)] / best[(mode, t)], 2)
-                         for mode in ("int8", "int8-dynamic") for t in args.tasks},
+                         for mode in ("int8-weight-only", "int8") for t in args.tasks},
         "v2_vs_hf_step": {f"x{t}": round(best[("hf-fp32", t)] / best[("fp32", t)], 2) for t in args.tasks},
         "drift": {k: {m: round(v, 6) for m, v in d.items()} for k, d in drift.items()},
     }

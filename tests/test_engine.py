@@ -107,7 +107,7 @@ def test_invalid_sampling_settings_are_rejected(engine):
         engine.generate([GenerationRequest(noise(1, 0.5, 32000), 32000, 1.0, temperature=0)])
 
 
-def test_batch_keeps_order_lengths_and_counts_steps_of_one_shared_call(engine):
+def test_batch_keeps_order_lengths_and_counts_steps_up_to_the_longest_request(engine):
     same_a = GenerationRequest(noise(1, 0.5, 32000, seed=1), 32000, 1.0, text="rock")
     other = GenerationRequest(noise(2, 0.7, 44100, seed=2), 44100, 1.4)
     same_b = GenerationRequest(noise(1, 0.5, 32000, seed=3), 32000, 1.0, text="a much longer jazz description")
@@ -115,10 +115,12 @@ def test_batch_keeps_order_lengths_and_counts_steps_of_one_shared_call(engine):
     results = engine.generate([same_a, other, same_b], on_step=lambda step, total: calls.append((step, total)))
 
     assert [r.audio.shape[-1] for r in results] == [32000, round(1.4 * 32000), 32000]
-    # One call for all three (left-padded prompts), run to the longest:
-    # 0.7 s -> 35 whole frames, 35 new.
+    # The tasks run side by side; on_step follows the furthest one on the longest one's scale
+    # (0.7 s -> 35 whole frames, 35 new), never backwards, and ends at that total.
     total = engine.max_new_tokens(35)
-    assert calls == [(step, total) for step in range(1, total + 1)]
+    steps = [step for step, _ in calls]
+    assert {t for _, t in calls} == {total}
+    assert steps == sorted(set(steps)) and steps[-1] == total
     # The same batch again gives the same audio.
     again = engine.generate([same_a, other, same_b])
     for first, second in zip(results, again):
@@ -132,3 +134,31 @@ def test_closed_engine_refuses_to_generate(tiny_model):
     assert engine.closed
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate([GenerationRequest(noise(1, 0.5, 32000), 32000, 1.0)])
+
+
+@pytest.mark.parametrize("cfg_coef", [3.0, 1.0])
+def test_continuation_matches_transformers_own_sampling(engine, cfg_coef):
+    # The anchor of the engine's own decode loop: transformers' MusicGen, given the same prompt codes
+    # and text and seeded alike, samples (guidance, top-k, the global RNG) exactly what the engine's
+    # cache, step and per-task generator produce, so the audio is the same to float rounding.
+    prompt = noise(1, 0.5, 32000, seed=4)
+    request = GenerationRequest(prompt, 32000, 1.0, text="jazz drums", seed=11, top_k=250, cfg_coef=cfg_coef)
+    (ours,) = engine.generate([request])
+    new_frames = 25
+    threads = torch.get_num_threads()
+    torch.set_num_threads(engine.cpu_threads or threads)
+    try:
+        with torch.inference_mode():
+            codes = engine.model.audio_encoder.encode(torch.from_numpy(prompt)[None]).audio_codes[0, 0]
+            tokens = engine.processor.tokenizer(["jazz drums"], return_tensors="pt")
+            decoder_ids = torch.cat([torch.full((codes.shape[0], 1), engine.pad_token), codes], dim=-1)
+            torch.manual_seed(11)
+            reference = engine.model.generate(
+                input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, decoder_input_ids=decoder_ids,
+                do_sample=True, top_k=250, guidance_scale=cfg_coef if cfg_coef > 1 else None,
+                max_new_tokens=engine.max_new_tokens(new_frames),
+            )[0].numpy()
+    finally:
+        torch.set_num_threads(threads)
+    assert reference.shape == ours.audio.shape
+    np.testing.assert_allclose(ours.audio, reference, atol=1e-5)

@@ -24,7 +24,7 @@ def logits_along(model, decoder, ids: torch.Tensor, states: torch.Tensor, prompt
     return torch.cat(out)
 
 
-@pytest.mark.parametrize("mode", ["int8", "int8-dynamic"])
+@pytest.mark.parametrize("mode", ["int8-weight-only", "int8"])
 def test_int8_drift_from_float32_is_small(engine, mode):
     model = engine.model
     ids, states = a_task(model, 10, 30, [5, 6, 7, 1], seed=4)
@@ -55,7 +55,7 @@ def test_int8_linear_is_close_to_the_float_layer_and_row_independent():
 
 def test_with_int8_weights_a_task_still_sounds_the_same_alone_and_batched(engine):
     scheduler = Scheduler(engine, max_rows=8, max_seconds=4.0, max_text=32,
-                          decoder=quantize_decoder(engine.model.decoder, "int8"))
+                          decoder=quantize_decoder(engine.model.decoder, "int8-weight-only"))
     requests = mixed_requests()
     batched = [o.audio for o in scheduler.run(requests)]
     for request, audio in zip(requests, batched):

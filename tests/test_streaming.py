@@ -1,11 +1,11 @@
-"""Audio chunks decoded while generating (worker.streaming through the engine)."""
+"""Audio chunks decoded while generating (worker.engine.streaming through the engine)."""
 
 import numpy as np
 import pytest
 
 from tests.conftest import noise
 from worker.engine import GenerationRequest
-from worker.streaming import RowStreamer
+from worker.engine.streaming import RowStreamer
 
 
 def _collect():

@@ -1,4 +1,4 @@
-"""Results longer than MusicGen's 30 s window (worker.windows), in the engine and through the API."""
+"""Results longer than MusicGen's 30 s window (worker.engine.windows), in the engine and through the API."""
 
 import base64
 import io
@@ -10,7 +10,7 @@ from tests.conftest import noise
 from worker.engine import GenerationRequest
 from worker.jobs import _generate_windowed
 from worker.audio import encode_wav
-from worker.windows import WindowedGeneration
+from worker.engine.windows import WindowedGeneration
 
 
 def test_fifty_seconds_in_three_windows_with_continuous_chunks_and_progress(engine):

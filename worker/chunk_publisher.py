@@ -9,7 +9,7 @@ from backend import chunks
 
 
 class ChunkPublisher:
-    """The engine's ``on_audio`` callback for one task (``worker.windows`` shifts later windows' offsets)."""
+    """The engine's ``on_audio`` callback for one task (``worker.engine.windows`` shifts later windows' offsets)."""
 
     def __init__(self, connection: redis.Redis, task_id: str, sample_rate: int):
         self.connection = connection

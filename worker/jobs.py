@@ -31,7 +31,7 @@ from .chunk_publisher import ChunkPublisher
 from .engine import GenerationCanceled
 from .model_cache import ModelUnavailable
 from .progress_reporter import ProgressReporter
-from .windows import WindowedGeneration
+from .engine.windows import WindowedGeneration
 
 log = logging.getLogger(__name__)
 

@@ -20,18 +20,15 @@ conditioned differently, and this module is about that difference:
   plain torch: transformers only constructs that class when torchaudio is
   installed, and no torchaudio release matches this project's torch.
   ``tests/test_melody_engine`` checks it against librosa's chroma.
-- **Classifier-free guidance** is ours, as in ``MusicGenEngine``: the prefix is
-  passed doubled, conditional row then the unconditional one transformers
-  builds (text states zeroed, chroma "no melody"), with ``guidance_scale=1``
-  and ``worker.sampling.RowSampler`` mixing the halves with the row's own
-  ``cfg_coef``. A test checks that with ``top_k=1`` the audio equals that of
-  transformers' own guided greedy ``generate`` (to float rounding).
-- **One row per generate call.** Rows run one after another, each with its
-  own seeded generator, so a row's audio depends only on its request. (A
-  batched melody call would need the plain engine's left-padding hooks
-  adapted to the conditioning prefix; not done.) Progress, ``should_stop``,
-  ``on_step`` and ``on_audio`` behave as in ``MusicGenEngine``: ``on_step``
-  counts the steps of all rows one after another.
+- **Classifier-free guidance** is ours, as in ``MusicGenEngine``: a guided
+  task holds two rows, its prefix conditional then the unconditional one
+  transformers builds (text states zeroed, chroma "no melody"), and
+  ``worker.engine.sampling.draw`` mixes the halves with the task's own
+  ``cfg_coef``. A test checks the audio equals that of transformers' own
+  guided sampling seeded alike.
+- **Batching.** The scheduler (``worker.engine.scheduler``) prefills each
+  task's prefix into its own rows, so melody tasks batch, join and leave like
+  plain ones; this class only supplies the prefix (``_conditioning``).
 """
 
 from __future__ import annotations
@@ -41,19 +38,11 @@ import math
 import numpy as np
 import soxr
 import torch
-from transformers import (
-    AutoTokenizer,
-    GenerationConfig,
-    LogitsProcessorList,
-    MusicgenMelodyForConditionalGeneration,
-    StoppingCriteriaList,
-)
+from transformers import AutoTokenizer, MusicgenMelodyForConditionalGeneration
 from transformers.audio_utils import chroma_filter_bank
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
-from worker.batching import DONE, RUNNING, BatchOver, RowState, StepMonitor
-from worker.engine import GenerationResult, MusicGenEngine, OnStep, _Plan
-from worker.sampling import RowSampler
+from worker.engine import MusicGenEngine, Plan
 
 __all__ = ["ChromaExtractor", "MelodyEngine"]
 
@@ -111,8 +100,9 @@ class MelodyEngine(MusicGenEngine):
     MODEL_CLASS = MusicgenMelodyForConditionalGeneration
 
     def __init__(self, model_ref: str, device: str = "auto", half_precision: bool = True,
-                 cpu_threads: int = 0):
-        super().__init__(model_ref, device=device, half_precision=half_precision, cpu_threads=cpu_threads)
+                 cpu_threads: int = 0, **options):
+        super().__init__(model_ref, device=device, half_precision=half_precision, cpu_threads=cpu_threads,
+                         **options)
         self.num_chroma: int = int(self.model.config.num_chroma)
         self.chroma_length: int = int(self.model.config.chroma_length)
 
@@ -146,7 +136,7 @@ class MelodyEngine(MusicGenEngine):
         repeats = math.ceil(self.chroma_length / states.shape[1])
         return states.repeat(1, repeats, 1)[:, : self.chroma_length]
 
-    def _conditioning(self, plan: _Plan) -> torch.Tensor:
+    def _conditioning(self, plan: Plan) -> torch.Tensor:
         """The decoder's prefix ``(1 or 2, chroma_length + text tokens, width)``; 2 rows when guided."""
         request = plan.request
         text = self._encode_text(request.text or "")[None]
@@ -155,79 +145,6 @@ class MelodyEngine(MusicGenEngine):
         if plan.guided:
             rows.append(torch.cat([self._chroma_states(self._no_melody()), torch.zeros_like(text)], dim=1))
         return torch.cat(rows)
-
-    # -- generation --------------------------------------------------------
-
-    def _run(self, plans: list[_Plan], count: int, on_step: OnStep | None) -> list:
-        outcomes: list = [None] * count
-        if not plans:
-            return outcomes
-        steps_overall = sum(p.max_new_tokens for p in plans)
-        rows = self._row_states(plans)
-        with self._session(on_step) as step_hook:
-            steps_before = 0
-            for plan in plans:
-                row = rows[plan.index]
-                if step_hook.canceled:
-                    row.cancel(0)
-                audio = None
-                try:
-                    audio = self._generate_row(plan, row, step_hook, steps_before, steps_overall)
-                except Exception as exc:  # noqa: BLE001 - this row's own failure
-                    self._fail(row, exc)
-                    self._release_memory()
-                steps_before += plan.max_new_tokens
-                if row.status == DONE and audio is not None:
-                    outcomes[plan.index] = GenerationResult(audio=audio, sample_rate=self.sample_rate)
-                else:
-                    outcomes[plan.index] = row.error
-        return outcomes
-
-    def _generate_row(self, plan: _Plan, row: RowState, on_step: OnStep | None,
-                      steps_before: int, steps_overall: int) -> np.ndarray | None:
-        """One request in one generate call; None when it was canceled."""
-        row.poll_stop(0)
-        if row.status != RUNNING:
-            return None
-        with torch.inference_mode():
-            codes, scales = self._encode_prompt(plan.prompt)
-            prefix = self._conditioning(plan)
-            start = 1 + codes.shape[-1]  # the start token, then the prompt's frames
-            ids = torch.full((self.num_codebooks, start), self.pad_token, dtype=torch.long, device=self._torch_device)
-            ids[:, 1:] = codes
-            if plan.guided:
-                ids = ids.repeat(2, 1)
-            sampler = RowSampler([plan.sampling()], self.num_codebooks, plan.guided, self._torch_device)
-            # Neutral values: unset fields would come from the checkpoint's
-            # generation config (guidance_scale=3, top_k=250).
-            config = GenerationConfig(
-                max_new_tokens=plan.max_new_tokens, do_sample=False, guidance_scale=1.0, top_k=50, use_cache=True,
-                decoder_start_token_id=self.pad_token, bos_token_id=self.pad_token, pad_token_id=self.pad_token,
-            )
-            try:
-                monitor = StepMonitor([row], sampler, on_step, steps_before, steps_overall,
-                                      on_ids=self._stream_hook([row], [(codes, scales)], start))
-                try:
-                    # encoder_hidden_states first: generate takes the batch size from the first tensor.
-                    self.model.generate(
-                        encoder_hidden_states=prefix, decoder_input_ids=ids, generation_config=config,
-                        logits_processor=LogitsProcessorList([sampler]),
-                        stopping_criteria=StoppingCriteriaList([monitor]),
-                    )
-                except BatchOver:
-                    pass
-                else:
-                    raise RuntimeError(f"MusicGen melody stopped after {monitor.step} of {plan.max_new_tokens} steps")
-                if row.status != DONE:
-                    return None
-                new = self._frame_range(monitor.final_ids, 0, start, 0, plan.new_frames)
-                audio = self._fit_length(self._decode(torch.cat([codes, new], -1), scales), plan.total_samples)
-                if row.streamer is not None:
-                    row.streamer.finish(audio[:, plan.prompt.shape[1]:])
-                return audio
-            finally:
-                if row.streamer is not None:
-                    row.streamer.unbind()
 
     def close(self) -> None:
         super().close()

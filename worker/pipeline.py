@@ -36,7 +36,7 @@ from .tempo import detect_bpm
 TEMPO_WINDOW_SECONDS = 15.0
 # A /continue generates one MusicGen window unless it asks for more.
 MODEL_WINDOW_SECONDS = 30.0
-# Longest result; past MODEL_WINDOW_SECONDS it is generated window by window (worker.windows).
+# Longest result; past MODEL_WINDOW_SECONDS it is generated window by window (worker.engine.windows).
 MAX_TOTAL_SECONDS = 120.0
 MIN_PROMPT_SECONDS = 1.0
 

@@ -19,7 +19,7 @@ import logging
 import threading
 from concurrent.futures import Future
 
-from worker.engine.generate_engine import GenerationRequest
+from worker.engine.requests import GenerationRequest
 from worker.engine.scheduler import Scheduler, Task
 
 log = logging.getLogger(__name__)

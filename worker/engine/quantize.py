@@ -4,16 +4,17 @@ On CPUs a decoding step at small batch reads every decoder weight once;
 int8 weights are a quarter of the bytes. Two ways, both measured by
 ``bench/engine_v2.py``:
 
-- ``int8`` (the default mode): weight-only int8, one scale per output
-  channel, activations in bfloat16, through torch's
-  ``_weight_int8pack_mm`` kernel. Each row is computed alone (no statistic
-  is shared across the batch), so a task's tokens still do not depend on its
-  neighbours: the engine's alone-equals-batched guarantee holds with int8.
-- ``int8-dynamic``: ``torch.ao.quantization.quantize_dynamic`` (deprecated
-  in favour of torchao but working in torch 2.13), the ~4x of DESIGN.md. It
-  quantizes the activations with one scale per call, i.e. per *batch*, so a
-  row's logits change with its neighbours' magnitudes (measured): fast, but
-  alone and batched no longer give the same audio.
+- ``int8`` (``SEGUE_QUANTIZE=int8``): ``torch.ao.quantization.quantize_dynamic``
+  (deprecated in favour of torchao but working in torch 2.13), the ~4x of
+  DESIGN.md. It quantizes the activations with one scale per call, i.e. per
+  *batch*, so a row's logits change with its neighbours' magnitudes
+  (measured): the fastest, but a seed no longer gives exactly the same audio
+  alone and batched.
+- ``int8-weight-only``: int8 weights, one scale per output channel,
+  activations in bfloat16, through torch's ``_weight_int8pack_mm`` kernel.
+  Each row is computed alone (no statistic is shared across the batch), so a
+  task's tokens still do not depend on its neighbours: the engine's
+  alone-equals-batched guarantee holds. Slower than ``int8``.
 
 Embeddings, norms, the KV cache, the text encoder and EnCodec stay float.
 The decoder step calls the layers' submodules one by one, so a quantized
@@ -30,7 +31,7 @@ import warnings
 
 import torch
 
-MODES = ("", "int8", "int8-dynamic")
+MODES = ("", "int8", "int8-weight-only")
 
 
 class Int8Linear(torch.nn.Module):
@@ -53,14 +54,14 @@ class Int8Linear(torch.nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-def quantize_decoder(decoder: torch.nn.Module, mode: str = "int8", *, inplace: bool = False) -> torch.nn.Module:
+def quantize_decoder(decoder: torch.nn.Module, mode: str, *, inplace: bool = False) -> torch.nn.Module:
     """The decoder (a ``MusicgenForCausalLM``) with every ``nn.Linear`` in int8 (CPU only); see the modes above."""
     if mode not in MODES[1:]:
         raise ValueError(f"unknown quantization {mode!r}; one of {', '.join(MODES[1:])}")
     if any(p.device.type != "cpu" for p in decoder.parameters()):
         raise ValueError("int8 quantization of the decoder runs on CPU only")
     target = decoder if inplace else copy.deepcopy(decoder)
-    if mode == "int8-dynamic":
+    if mode == "int8":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notices
             from torch.ao.quantization import quantize_dynamic

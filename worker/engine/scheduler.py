@@ -13,10 +13,10 @@ Each iteration (``step``) does, in order:
    the task's first draw; from the next iteration it decodes with the others.
 3. **Decode** one position for every decoding task in one batched forward
    pass, each row at its own position, then draw each task's tokens with its
-   own settings and generator (``worker.sampling.draw``, as today's engine
+   own settings and generator (``worker.engine.sampling.draw``, as today's engine
    does, so a seed means the same audio whether a task runs alone, beside
    others or joins mid-run). Progress, ``should_stop`` and streaming are per
-   task (``worker.batching.RowState``, ``worker.streaming.RowStreamer``).
+   task (``worker.batching.RowState``, ``worker.engine.streaming.RowStreamer``).
 4. **Retire** every task that finished (its audio decoded now), was canceled
    or failed, and compact the cache so the rows in use stay leading.
 
@@ -26,7 +26,7 @@ task's rows start with its prefix positions (``Task.offset`` of them,
 prefilled like the prompt) and its token sequence follows.
 
 **Past 30 s.** MusicGen attends over at most 30 s, so a longer request runs
-in windows (``worker.windows.WindowedGeneration``, exactly as today: each
+in windows (``worker.engine.windows.WindowedGeneration``, exactly as today: each
 later window continues the last 12 s with a seed derived from the task's).
 Between windows the task keeps its rows: its next window is prepared and
 prefilled in place (while the others keep decoding) instead of queueing
@@ -44,19 +44,22 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from worker.batching import CANCELED, DONE, FAILED, RUNNING, RowState
 from worker.engine import delay
 from worker.engine.graphs import BucketedDecode
-from worker.engine.generate_engine import GenerationRequest, GenerationResult, MusicGenEngine, _formatted, _Plan
 from worker.engine.kv_cache import KVCache
+from worker.engine.requests import GenerationRequest, GenerationResult, Plan, formatted
 from worker.engine.step import DecoderStep
-from worker.sampling import SamplingSettings, draw
-from worker.streaming import RowStreamer
-from worker.windows import WINDOW_SECONDS, WindowedGeneration
+from worker.engine.task_state import CANCELED, DONE, FAILED, RUNNING, RowState
+from worker.engine.sampling import SamplingSettings, draw
+from worker.engine.streaming import RowStreamer
+from worker.engine.windows import WINDOW_SECONDS, WindowedGeneration
+
+if TYPE_CHECKING:
+    from worker.engine.musicgen import MusicGenEngine
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ WAITING, PREFILLING, DECODING, RETIRED = "waiting", "prefilling", "decoding", "r
 class Task:
     """One request inside the scheduler."""
 
-    plan: _Plan
+    plan: Plan
     state: RowState
     settings: SamplingSettings
     generator: torch.Generator
@@ -109,13 +112,15 @@ class Task:
 class Scheduler:
     """Continuous batching of one loaded MusicGen (``MusicGenEngine``: model, processor, EnCodec helpers)."""
 
-    def __init__(self, engine: MusicGenEngine, *, max_rows: int = 16, max_seconds: float = WINDOW_SECONDS,
+    def __init__(self, engine: "MusicGenEngine", *, max_rows: int = 16, max_seconds: float = WINDOW_SECONDS,
                  max_text: int = 256, prefill_chunk: int = 64, decoder=None, static_steps: bool | None = None,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, admit_between_batches: bool = False):
         """``decoder``: the ``MusicgenForCausalLM`` to step (default the engine's; ``quantize`` makes others).
         ``max_seconds``: the longest window (prompt included) the cache holds; longer requests run in
         windows of ``WINDOW_SECONDS``. ``static_steps`` (default: on GPUs) steps the batch in fixed-shape
-        buckets, captured as CUDA graphs unless ``cuda_graphs`` is False."""
+        buckets, captured as CUDA graphs unless ``cuda_graphs`` is False. ``admit_between_batches``: the
+        static policy (new tasks wait until every running task has left), kept as the benchmarks'
+        reference for what iteration-level scheduling gains."""
         self.engine = engine
         model = engine.model
         decoder = decoder if decoder is not None else model.decoder
@@ -142,6 +147,7 @@ class Scheduler:
         static = on_gpu if static_steps is None else static_steps
         self.bucketed = BucketedDecode(self.step_fn, capture=on_gpu and cuda_graphs) if static else None
         self.prefill_chunk = prefill_chunk
+        self.admit_between_batches = admit_between_batches
         self.waiting: deque[Task] = deque()  # appended from any thread (EngineLoop.submit), taken here
         self.on_retired: Callable[[Task], None] | None = None  # called once per task as it leaves
         # In row order. A new task prefills after all others; a task between windows prefills in place.
@@ -167,7 +173,7 @@ class Scheduler:
                 windows = WindowedGeneration(request, self.engine.sample_rate, self.engine.hop_length)
                 plan = self.engine._plan(index, windows.next_request())
         except Exception as exc:  # noqa: BLE001 - bad input fails its own task
-            plan = _Plan(index, request, None, 0, 0, 0)  # type: ignore[arg-type]
+            plan = Plan(index, request, None, 0, 0, 0)  # type: ignore[arg-type]
             task = Task(plan, RowState(index, 0, None, None), None, None, 0)  # type: ignore[arg-type]
             task.state.fail(exc)
             task.outcome, task.phase = exc, RETIRED
@@ -177,7 +183,7 @@ class Scheduler:
         self.waiting.append(task)
         return task
 
-    def _start_window(self, task: Task, plan: _Plan) -> None:
+    def _start_window(self, task: Task, plan: Plan) -> None:
         """Fresh per-window state: steps, callbacks, streamer, the window's own seeded generator."""
         request = plan.request
         task.plan, task.settings = plan, plan.sampling()
@@ -216,7 +222,13 @@ class Scheduler:
     # -- the four parts ----------------------------------------------------------
 
     def _admit(self) -> None:
-        while self.waiting and not any(t.phase == PREFILLING for t in self.active):
+        if self.admit_between_batches:
+            if any(t.phase == DECODING for t in self.active):
+                return  # the static policy: a batch runs to its end before anyone joins
+            one_at_a_time = False  # everything waiting joins this batch; they prefill one by one
+        else:
+            one_at_a_time = True  # one task prefills at a time, beside the running decode
+        while self.waiting and not (one_at_a_time and any(t.phase == PREFILLING for t in self.active)):
             task = self.waiting[0]
             task.state.poll_stop(0)
             if task.state.status != RUNNING:
@@ -296,7 +308,7 @@ class Scheduler:
             logits = self._forward(batch)
         except Exception as exc:  # noqa: BLE001 - find out whose rows break the pass
             log.warning("decoding step of %d tasks failed; stepping them one by one:\n%s", len(batch),
-                        _formatted(exc))
+                        formatted(exc))
             exc.__traceback__ = None
             for task in tasks:
                 try:
@@ -409,7 +421,7 @@ class Scheduler:
     def _fail(task: Task, exc: Exception) -> None:
         if task.state.status in (CANCELED, FAILED):
             return
-        log.warning("task %d failed:\n%s", task.state.index, _formatted(exc))
+        log.warning("task %d failed:\n%s", task.state.index, formatted(exc))
         chained: BaseException | None = exc
         while chained is not None:  # keep the message, not the frames (they hold tensors)
             chained.__traceback__ = None

@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from .engine import GenerationRequest, GenerationResult
+from worker.engine.requests import GenerationRequest, GenerationResult
 
 WINDOW_SECONDS = 30.0
 STRIDE_SECONDS = 18.0  # audiocraft's default extend_stride
