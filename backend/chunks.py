@@ -1,11 +1,18 @@
 """Audio chunks of a running task, in a Redis stream per task.
 
 The worker appends each chunk of a continuation as it is decoded (see
-``worker.streaming``); ``GET /tasks/<id>/events`` and ``/stream`` read the
+``worker.engine.streaming``); ``GET /tasks/<id>/events`` and ``/stream`` read the
 stream from its start, so a client that connects late first receives
 everything generated so far, then blocks for more. A Redis stream rather than
 pub/sub because pub/sub forgets what was sent before a client subscribed.
 Chunks are float32 PCM, channels interleaved per sample, at the model's rate.
+
+Decoding chunks while generating costs the worker EnCodec passes, so it does
+so only while someone follows the task: every API process following a task
+(``backend.live.follow``) keeps its *listening* key alive, and the worker
+checks it before decoding a chunk. Unfollowed, the task's audio is published
+from the final decode when it ends, in chunks of the same size, so a client
+that connects late still receives every chunk.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ KEY = "segue:chunks:{}"
 TTL_SECONDS = 3600
 ENDED_TTL_SECONDS = 600
 DTYPE = "float32"
+LISTENING_KEY = "segue:listening:{}"
+LISTENING_TTL_SECONDS = 5  # followers refresh it twice as often
 
 
 @dataclass
@@ -49,6 +58,15 @@ def publish(connection: redis.Redis, task_id: str, chunk: Chunk) -> None:
 def ended(connection: redis.Redis, task_id: str) -> None:
     """The task ended: its chunks go after ``ENDED_TTL_SECONDS``."""
     connection.expire(KEY.format(task_id), ENDED_TTL_SECONDS)
+
+
+def mark_listening(connection: redis.Redis, task_id: str) -> None:
+    """Someone follows the task: the worker decodes chunks while it generates."""
+    connection.set(LISTENING_KEY.format(task_id), 1, ex=LISTENING_TTL_SECONDS)
+
+
+def is_listened(connection: redis.Redis, task_id: str) -> bool:
+    return bool(connection.exists(LISTENING_KEY.format(task_id)))
 
 
 def reset(connection: redis.Redis, task_id: str) -> None:

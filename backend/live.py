@@ -31,9 +31,13 @@ def follow(services: Services, task_id: str, *, max_seconds: float | None = None
     last_progress = None
     checked = 0.0
     last_sent = time.monotonic()
+    marked = 0.0
     while True:
         if should_stop is not None and should_stop():
             return
+        if time.monotonic() - marked >= chunks.LISTENING_TTL_SECONDS / 2 and doc["status"] not in FINAL_STATES:
+            chunks.mark_listening(services.redis, task_id)  # the worker decodes chunks while we follow
+            marked = time.monotonic()
         final = doc["status"] in FINAL_STATES
         # Block only while the task runs; once it ended, take what is left and stop.
         for entry_id, chunk in chunks.read(services.redis, task_id, after, block_ms=None if final else BLOCK_MS):

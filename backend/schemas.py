@@ -21,7 +21,7 @@ from .fieldtypes import (Base64Audio, Boolean, Choice, DurationRange, HttpUrl, N
                          marker_of)
 
 MAX_WINDOW_SECONDS = 30.0  # MusicGen's context: the longest prompt
-# Longer results are generated in overlapping 30 s windows (worker.windows).
+# Longer results are generated in overlapping 30 s windows (worker.engine.windows).
 MAX_TOTAL_SECONDS = 120.0
 MAX_PROMPT_TEXT = 500
 MAX_SEED = 2**63 - 1

@@ -101,6 +101,16 @@ def _descriptions(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(out.items())
 
 
+def _quantize(text: str) -> str:
+    # The modes of worker.engine.quantize (named here: the API process never imports torch).
+    text = text.strip().lower()
+    if text in ("", "0", "off", "none", "no"):
+        return ""
+    if text not in ("int8", "int8-weight-only"):
+        raise ValueError("must be empty (off), int8 or int8-weight-only")
+    return text
+
+
 def _worker_class(text: str) -> str:
     text = text.strip().lower()
     if text not in ("gevent", "gthread"):
@@ -168,12 +178,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_MAX_CLIP_SECONDS", "max_clip_seconds", 600.0, "Longest /continue input clip accepted, seconds.", float),
     Setting("SEGUE_TORCH_THREADS", "torch_threads", 0,
             "CPU threads a worker's torch uses while generating (0 = automatic: 1 for tiny models, else torch's default).", int),
-    Setting("SEGUE_MAX_BATCH", "max_batch", 8, "Most queued tasks (same model) a worker runs as one batch; 1 turns batching off.", int),
-    Setting("SEGUE_BATCH_WAIT_MS", "batch_wait_ms", 50, "How long a worker waits for more tasks to fill a batch, ms.", int),
+    Setting("SEGUE_MAX_BATCH", "max_batch", 8,
+            "Most tasks a worker's engine decodes together (its KV cache holds this many 31 s tasks, two rows "
+            "each); tasks join and leave at every step; 1 = one task at a time.", int),
+    Setting("SEGUE_QUANTIZE", "quantize", "",
+            "CPU workers: `int8` runs the decoder's linear layers in int8 (torch dynamic quantization, ~4x "
+            "faster; a seed may sound slightly different alone and batched), `int8-weight-only` (~3x, rows "
+            "independent), empty = float. Ignored on GPUs.", _quantize),
+    Setting("SEGUE_CUDA_GRAPHS", "cuda_graphs", True,
+            "GPU workers: replay the decoding step as CUDA graphs (one per batch-size bucket); 0 = eager.", _bool),
     Setting("SEGUE_RECYCLE_AFTER_TASKS", "recycle_after_tasks", 0,
-            "Restart a worker process (between batches) after this many tasks; 0 = never.", int),
+            "Restart a worker process (between sessions) after this many tasks; 0 = never.", int),
     Setting("SEGUE_RECYCLE_ABOVE_MB", "recycle_above_mb", 0.0,
-            "Restart a worker process (between batches) when its resident memory exceeds this, MB; 0 = never.", float),
+            "Restart a worker process (between sessions) when its resident memory exceeds this, MB; 0 = never.", float),
     Setting("SEGUE_MODEL_CACHE", "model_cache_size", 2, "How many models a worker keeps loaded (LRU).", int),
     Setting("SEGUE_HEARTBEAT_SECONDS", "heartbeat_seconds", 10, "Worker heartbeat period; /health counts a worker live for 3 periods.", int),
     Setting("SEGUE_CORS_ORIGINS", "cors_origins", ("*",), "Comma list of allowed CORS origins (`*` = any).", _list),

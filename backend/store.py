@@ -74,6 +74,13 @@ class TaskStore:
             return_document=ReturnDocument.AFTER,
         )
 
+    def queued_models(self, task_ids: list[str]) -> dict[str, str]:
+        """The model of each of these tasks that is still queued (a worker choosing jobs to take)."""
+        if not task_ids:
+            return {}
+        return {doc["_id"]: doc["model"]
+                for doc in self.tasks.find({"_id": {"$in": list(task_ids)}, "status": "queued"}, {"model": 1})}
+
     def update(self, task_id: str, fields: dict[str, Any]) -> None:
         self.tasks.update_one({"_id": task_id}, {"$set": fields})
 

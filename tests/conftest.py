@@ -134,16 +134,16 @@ _MODEL_CACHES: dict = {}
 
 @pytest.fixture
 def run_worker(settings):
-    """Run a real Segue worker (an RQ SimpleWorker that batches) in this process until the queue is empty."""
+    """Run a real Segue worker (an RQ SimpleWorker feeding the engine) in this process until the queue is empty."""
     from worker import runtime
-    from worker.batching_worker import BatchingWorker
+    from worker.continuous_worker import ContinuousWorker
 
     def run(settings: Settings = settings) -> None:
         rt = runtime.init(settings, worker_id=f"test-worker-{os.getpid()}")
         # Keep loaded engines across tests, as a long-lived worker would.
         rt.models = _MODEL_CACHES.setdefault(settings.models, rt.models)
-        worker = BatchingWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
-                                max_batch=settings.max_batch, batch_wait=settings.batch_wait_ms / 1000)
+        worker = ContinuousWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
+                                  max_tasks=settings.max_batch)
         worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
 
     return run

@@ -21,7 +21,7 @@ def start_worker(settings, log_path):
 
 
 def test_two_workers_share_one_queue_and_run_each_task_once(client, services, settings, tmp_path):
-    workers = [start_worker(settings.with_(max_batch=4, batch_wait_ms=200), tmp_path / f"w{i}.log")
+    workers = [start_worker(settings.with_(max_batch=4), tmp_path / f"w{i}.log")
                for i in range(2)]
     try:
         wait_for(lambda: len(heartbeat.read_all(services.redis)) == 2, timeout=120, message="two heartbeats")

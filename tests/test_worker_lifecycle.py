@@ -31,21 +31,12 @@ def _m4a_body(tmp_path, seconds=8.0):
 
 def test_job_timeout_fails_the_task_with_a_reason(client, services, settings, tmp_path):
     # The job must outlast its limit whatever the machine's speed: the test holds the only ffmpeg slot, so
-    # the worker's decode of the clip blocks, and gives the slot back only once the 1 s limit has struck
+    # the worker's decode of the clip blocks, and gives the slot back only once the worker has ended the job
     # (never by racing a fast machine against a short job).
     import threading
 
-    from rq.timeouts import UnixSignalDeathPenalty
-
     from worker import runtime
-    from worker.batching_worker import BatchingWorker
-
-    struck = threading.Event()
-
-    class RecordingDeathPenalty(UnixSignalDeathPenalty):
-        def handle_death_penalty(self, signum, frame):
-            struck.set()
-            super().handle_death_penalty(signum, frame)
+    from worker.continuous_worker import ContinuousWorker
 
     gate = audiofile.configure_ffmpeg(1, wait_seconds=3600)
     services.queue.job_timeout = 1
@@ -55,14 +46,25 @@ def test_job_timeout_fails_the_task_with_a_reason(client, services, settings, tm
     # without waiting for its downloads and decodes (they are abandoned, and end by their own timeouts).
     try:
         rt = runtime.init(settings, worker_id=f"test-worker-{os.getpid()}")
-        worker = BatchingWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
-                                max_batch=settings.max_batch, batch_wait=settings.batch_wait_ms / 1000)
-        worker.death_penalty_class = RecordingDeathPenalty
+        worker = ContinuousWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
+                                  max_tasks=settings.max_batch)
+        # Without the limit the job would wait for the slot (an hour): a watchdog frees it after 120 s so the
+        # test fails instead of hanging.
+        worker_done = threading.Event()
+        watchdog_fired = threading.Event()
+
+        def watchdog() -> None:
+            if not worker_done.wait(120):
+                watchdog_fired.set()
+                gate._slots.release()
+
+        threading.Thread(target=watchdog, daemon=True).start()
         worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+        worker_done.set()
+        assert not watchdog_fired.is_set(), "the worker did not end the job at its time limit"
     finally:
         gate._slots.release()  # only now: the abandoned decode may finish in the background
         audiofile.configure_ffmpeg(0, 10.0)
-    assert struck.is_set()
     task = client.get(f"/tasks/{task_id}").get_json()
     assert task["status"] == "failed"
     assert "1 s limit" in task["error"]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import redis
 
 from backend import chunks
+
+log = logging.getLogger(__name__)
+LISTENING_CHECK_SECONDS = 0.5
 
 
 class ChunkPublisher:
@@ -16,6 +22,20 @@ class ChunkPublisher:
         self.task_id = task_id
         self.sample_rate = sample_rate
         self.seq = 0
+        self._listened = False
+        self._checked = float("-inf")
+
+    def wanted(self) -> bool:
+        """Is anyone following the task now? (the engine decodes chunks only then; checked every 0.5 s)"""
+        now = time.monotonic()
+        if now - self._checked >= LISTENING_CHECK_SECONDS:
+            self._checked = now
+            try:
+                self._listened = chunks.is_listened(self.connection, self.task_id)
+            except redis.RedisError as exc:  # unsure: stream rather than leave a listener in silence
+                log.warning("could not check who follows task %s: %s", self.task_id, exc)
+                self._listened = True
+        return self._listened
 
     def __call__(self, audio: np.ndarray, offset: int) -> None:
         interleaved = np.ascontiguousarray(audio.T, dtype="<f4")  # (samples, channels)

@@ -1,20 +1,31 @@
 """Task execution: the boundary where every task gets its outcome.
 
-``run_tasks`` runs one or more tasks (a batch the worker collected) through
-prepare → one batched MusicGen call → finish → store. Whatever happens to a
-task (bad media, a model error, RQ's timeout, a crash of the batch), its
-document ends ``completed`` or ``failed`` with a readable reason, and one
-task's failure never fails the others.
+A task goes through four stages, each a function here:
 
-``run_task(task_id)`` is the RQ job function for a task run on its own; it
-re-raises failures so RQ's registries (``rq info``) stay truthful.
+1. ``claim``: its document moves ``queued`` -> ``processing`` for this worker
+   (a task canceled or taken meanwhile is skipped);
+2. ``prepare``: download or decode the input, detect the tempo, choose the
+   length (I/O-bound: the worker runs it on a thread);
+3. ``start``: hand the request to the model's engine, where it joins the
+   running decode at the next step (``worker.engine``), with its progress,
+   cancel checks and audio chunks wired to Redis;
+4. ``complete``: encode and store the result; then the webhook.
+
+Whatever happens at any stage (bad media, a model error, its time limit, a
+crash), ``end`` leaves the document ``completed``, ``failed`` or
+``canceled`` with a readable reason, and one task's failure never touches
+another's. ``worker.continuous_worker`` drives many tasks through these
+stages at once; ``run_task(task_id)`` is the RQ job function that runs one
+on its own (any RQ worker), re-raising its failure so RQ's registries stay
+truthful.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import redis
@@ -28,18 +39,20 @@ from backend.errors import SegueError, TaskFailure
 from . import audio as audio_ops
 from . import pipeline, runtime
 from .chunk_publisher import ChunkPublisher
-from .engine import GenerationCanceled
+from .engine import GenerationCanceled, MusicGenEngine
 from .model_cache import ModelUnavailable
 from .progress_reporter import ProgressReporter
-from .engine.windows import WindowedGeneration
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 # Where each stage sits on the 0-100 progress bar.
 PREPARED_AT, GENERATED_AT = 10.0, 96.0
-PREPARE_THREADS = 4  # downloads are I/O-bound; tempo detection releases the GIL in numba
 CANCEL_POLL_SECONDS = 0.25  # how often a running task checks for a cancel request (one Redis EXISTS)
+
+
+class TaskTimedOut(JobTimeoutException):
+    """The task's time limit passed (its job's timeout); it was stopped."""
 
 
 def describe_failure(exc: BaseException, timeout: int) -> str:
@@ -57,89 +70,68 @@ def describe_failure(exc: BaseException, timeout: int) -> str:
 
 @dataclass
 class TaskRun:
+    """One task on its way through the stages."""
+
     task_id: str
     doc: dict
     reporter: ProgressReporter
     started: float = field(default_factory=time.monotonic)
     prepared: pipeline.Prepared | None = None
     error: BaseException | None = None
-    done: bool = False
+    done: bool = False  # its document has its final status
+    batch_size: int = 1  # the most tasks the engine decoded beside it (itself included)
+    stop: threading.Event = field(default_factory=threading.Event)  # set: the engine drops it at its next step
+
+    @property
+    def model(self) -> str:
+        return self.doc["model"]
 
 
 def run_task(task_id: str) -> str:
+    """The RQ job function: one task through every stage, on its own."""
+    rt = runtime.get()
     job = get_current_job()
-    timeout = int(job.timeout) if job and job.timeout else runtime.get().settings.job_timeout
-    outcome = run_tasks([task_id], timeout=timeout)[task_id]
-    if outcome is not None:
-        raise outcome
+    timeout = int(job.timeout) if job and job.timeout else rt.settings.job_timeout
+    run = claim(rt, task_id)
+    if run is None:
+        return "skipped"
+    rt.current_tasks.append(task_id)
+    try:
+        prepare(rt, run)
+        engine = engine_for(rt, run)
+        if engine is not None:
+            future = start(rt, run, engine)
+            try:
+                result = future.result()
+            except BaseException:
+                run.stop.set()  # RQ's time limit (or a stop): the engine drops the task at its next step
+                raise
+            complete(rt, run, result)
+    except BaseException as exc:
+        run.error = run.error or exc
+        raise
+    finally:
+        rt.current_tasks.remove(task_id)
+        end(rt, run, timeout)
+    if run.error is not None:
+        raise run.error
     return "done"
 
 
-def run_tasks(task_ids: list[str], *, timeout: int) -> dict[str, BaseException | None]:
-    """Run tasks together; returns each task's failure (None when it completed or was skipped)."""
-    rt = runtime.get()
-    batch_started = time.monotonic()
-    outcomes: dict[str, BaseException | None] = {task_id: None for task_id in task_ids}
-    runs = _claim(rt, task_ids)
-    rt.current_tasks = [run.task_id for run in runs]
-    try:
-        for model, group in _by_model(runs).items():
-            _run_group(rt, model, group)
-    except BaseException as exc:  # timeout or crash of the whole batch: fail whatever is unfinished
-        for run in runs:
-            if not run.done:
-                run.error = run.error or exc
-        raise
-    finally:
-        for run in runs:
-            if run.error is not None and not run.done:
-                _fail(rt, run, timeout)
-            outcomes[run.task_id] = run.error
-        rt.current_tasks = []
-        rt.tasks_done += len(runs)
-        if runs:
-            _record_batch(rt, time.monotonic() - batch_started, len(runs))
-    return outcomes
+def claim(rt: runtime.Runtime, task_id: str) -> TaskRun | None:
+    """Take a queued task for this worker; None when it is no longer queued (canceled or taken)."""
+    doc = rt.services.store.claim(task_id, rt.worker_id)
+    if doc is None:
+        log.info("task %s is no longer queued (canceled or taken); skipping", task_id)
+        return None
+    reporter = ProgressReporter(rt.services.progress, task_id)
+    reporter.report(0.5, force=True)
+    chunks.reset(rt.services.redis, task_id)  # a retry streams from the start again
+    return TaskRun(task_id, doc, reporter)
 
 
-def _record_batch(rt: runtime.Runtime, seconds: float, size: int) -> None:
-    try:
-        eta.record_batch_seconds(rt.services.redis, seconds)
-        metrics.record_batch(rt.services.redis, size)
-    except Exception as exc:  # statistics must never fail a batch
-        log.warning("could not record batch statistics: %s", exc)
-
-
-def _record_task(rt: runtime.Runtime, run: TaskRun, status: str, audio_seconds: float = 0.0) -> None:
-    try:
-        metrics.record_task(rt.services.redis, status=status, model=run.doc["model"],
-                            seconds=time.monotonic() - run.started, audio_seconds=audio_seconds)
-    except Exception as exc:  # statistics must never fail a task
-        log.warning("could not record task statistics: %s", exc)
-
-
-def _claim(rt: runtime.Runtime, task_ids: list[str]) -> list[TaskRun]:
-    runs = []
-    for task_id in task_ids:
-        doc = rt.services.store.claim(task_id, rt.worker_id)
-        if doc is None:
-            log.info("task %s is no longer queued (canceled or taken); skipping", task_id)
-            continue
-        reporter = ProgressReporter(rt.services.progress, task_id)
-        reporter.report(0.5, force=True)
-        chunks.reset(rt.services.redis, task_id)  # a retry streams from the start again
-        runs.append(TaskRun(task_id, doc, reporter))
-    return runs
-
-
-def _by_model(runs: list[TaskRun]) -> dict[str, list[TaskRun]]:
-    groups: dict[str, list[TaskRun]] = {}
-    for run in runs:
-        groups.setdefault(run.doc["model"], []).append(run)
-    return groups
-
-
-def _prepare(rt: runtime.Runtime, run: TaskRun) -> None:
+def prepare(rt: runtime.Runtime, run: TaskRun) -> None:
+    """Everything before the model: download or decode, tempo, length; a failure is kept in ``run.error``."""
     try:
         request = run.doc["request"]
         if run.doc["kind"] == "generate":
@@ -155,73 +147,75 @@ def _prepare(rt: runtime.Runtime, run: TaskRun) -> None:
         run.error = exc
 
 
-def _run_group(rt: runtime.Runtime, model: str, runs: list[TaskRun]) -> None:
-    pool = ThreadPoolExecutor(max_workers=min(PREPARE_THREADS, len(runs)))
+def engine_for(rt: runtime.Runtime, run: TaskRun) -> MusicGenEngine | None:
+    """The loaded engine for the task's model (loading it if need be); None, with ``run.error``, when it
+    cannot run (it failed to prepare, or the model cannot be loaded)."""
+    if run.error is not None or run.prepared is None:
+        return None
     try:
-        list(pool.map(lambda run: _prepare(rt, run), runs))
-    except BaseException:
-        # The job's time limit (or a stop) fired while downloads ran: end the job now rather than
-        # wait for them; what is still running ends by its own socket timeout and is discarded.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-    ready = [run for run in runs if run.prepared is not None]
-    if not ready:
-        return
-    try:
-        engine = rt.models.get(model)
+        return rt.models.get(run.model)
     except ModelUnavailable as exc:  # already says which model and why
-        for run in ready:
-            run.error = exc
-        return
+        run.error = exc
     except Exception as exc:
-        for run in ready:
-            run.error = TaskFailure(f"model {model} could not be loaded: {exc}")
-        return
-    for run in ready:
-        request = run.prepared.request
-        request.on_progress = run.reporter.stage(PREPARED_AT, GENERATED_AT)
-        request.should_stop = _cancel_check(rt, run.task_id)
-        request.on_audio = ChunkPublisher(rt.services.redis, run.task_id, engine.sample_rate)
-    results = _generate_windowed(engine, [run.prepared.request for run in ready])
-    for run, result in zip(ready, results):
-        if isinstance(result, BaseException):
-            run.error = result
-            continue
-        try:
-            _store_result(rt, run, run.prepared.finish(result))
-        except Exception as exc:
-            run.error = exc
-        finally:
-            run.prepared = None  # drop the prompt and result arrays as soon as possible
+        run.error = TaskFailure(f"model {run.model} could not be loaded: {exc}")
+    return None
 
 
-def _generate_windowed(engine, requests: list) -> list:
-    """Every request through as many 30 s windows as it needs; each round of windows is one batch."""
-    windows = [WindowedGeneration(r, engine.sample_rate, engine.hop_length) for r in requests]
-    outcomes: list = [None] * len(requests)
-    active = list(range(len(requests)))
-    while active:
-        results = engine.generate_each([windows[i].next_request() for i in active])
-        still = []
-        for i, result in zip(active, results):
-            if isinstance(result, BaseException):
-                outcomes[i] = result
-                continue
-            windows[i].accept(result)
-            if windows[i].done:
-                outcomes[i] = windows[i].result()
-            else:
-                still.append(i)
-        active = still
-    return outcomes
+def start(rt: runtime.Runtime, run: TaskRun, engine: MusicGenEngine) -> Future:
+    """Hand the prepared request to the engine; the future completes when the task leaves it."""
+    request = run.prepared.request
+    report = run.reporter.stage(PREPARED_AT, GENERATED_AT)
+
+    def on_progress(step: int, total: int) -> None:
+        run.batch_size = max(run.batch_size, engine.running_tasks)  # called on the engine's thread
+        report(step, total)
+
+    request.on_progress = on_progress
+    request.should_stop = _stop_check(rt, run)
+    request.on_audio = ChunkPublisher(rt.services.redis, run.task_id, engine.sample_rate)
+    return engine.submit(request)
 
 
-def _cancel_check(rt: runtime.Runtime, task_id: str):
-    """``should_stop`` for one task: True once its client asked to cancel (checked at most every 0.25 s)."""
+def complete(rt: runtime.Runtime, run: TaskRun, result) -> None:
+    """Finish the audio (splice, trim) and store it; a failure is kept in ``run.error``."""
+    try:
+        _store_result(rt, run, run.prepared.finish(result))
+    except Exception as exc:
+        run.error = exc
+    finally:
+        run.prepared = None  # drop the prompt and result arrays as soon as possible
+
+
+def end(rt: runtime.Runtime, run: TaskRun, timeout: int) -> None:
+    """The task's last word: a failure is stored with its reason; statistics are counted."""
+    if run.error is not None and not run.done:
+        _fail(rt, run, timeout)
+    run.prepared = None
+    rt.tasks_done += 1
+    try:
+        eta.record_batch_seconds(rt.services.redis, time.monotonic() - run.started)
+        metrics.record_batch(rt.services.redis, run.batch_size)
+    except Exception as exc:  # statistics must never fail a task
+        log.warning("could not record task statistics: %s", exc)
+
+
+def _record_task(rt: runtime.Runtime, run: TaskRun, status: str, audio_seconds: float = 0.0) -> None:
+    try:
+        metrics.record_task(rt.services.redis, status=status, model=run.model,
+                            seconds=time.monotonic() - run.started, audio_seconds=audio_seconds)
+    except Exception as exc:  # statistics must never fail a task
+        log.warning("could not record task statistics: %s", exc)
+
+
+def _stop_check(rt: runtime.Runtime, run: TaskRun):
+    """``should_stop`` for one task: True once the worker stops it (``run.stop``: its time limit) or its
+    client asked to cancel (checked at most every 0.25 s)."""
     state = {"checked": 0.0, "requested": False}
+    task_id = run.task_id
 
     def should_stop() -> bool:
+        if run.stop.is_set():
+            return True
         now = time.monotonic()
         if not state["requested"] and now - state["checked"] >= CANCEL_POLL_SECONDS:
             state["checked"] = now
@@ -235,7 +229,7 @@ def _cancel_check(rt: runtime.Runtime, task_id: str):
 
 
 def _fail(rt: runtime.Runtime, run: TaskRun, timeout: int) -> None:
-    if isinstance(run.error, GenerationCanceled):
+    if isinstance(run.error, GenerationCanceled) and not run.stop.is_set():
         status, message = "canceled", "canceled by request"
     else:
         status, message = "failed", describe_failure(run.error, timeout)
@@ -277,7 +271,7 @@ def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) 
         "target_seconds": outcome.target_seconds,
         "processing_time_ms": int((time.monotonic() - run.started) * 1000),
         "result_bytes": len(data),
-        "batch_size": len(rt.current_tasks),
+        "batch_size": run.batch_size,
     }
     finished = store.finish(task_id, "completed", fields, only_from=("processing",))
     run.done = True
@@ -294,5 +288,5 @@ def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) 
     # The input of a /continue is no longer needed once its task has a result.
     if doc.get("input_file_id") is not None:
         store.extend_audio_expiry(doc["input_file_id"], utcnow())
-    log.info("task %s completed in %.1f s (batch of %d)", task_id, time.monotonic() - run.started,
-             len(rt.current_tasks))
+    log.info("task %s completed in %.1f s (beside up to %d tasks)", task_id, time.monotonic() - run.started,
+             run.batch_size - 1)

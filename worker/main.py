@@ -1,9 +1,9 @@
 """The worker process: load models once, then run queued tasks in-process.
 
 RQ's default ``Worker`` forks a child per job, which would throw the loaded
-model away each time; ``BatchingWorker`` (a ``SimpleWorker``) runs jobs in
-this process, so the models loaded before the loop stay warm, and runs
-waiting tasks for the same model together as one batch. A heartbeat thread tells ``/health``
+model away each time; ``ContinuousWorker`` (a ``SimpleWorker``) runs jobs in
+this process, so the models loaded before the loop stay warm, and keeps
+taking waiting tasks for the running model into its engine as slots free up. A heartbeat thread tells ``/health``
 what this worker runs on and reaps tasks orphaned by dead workers; another sends due webhooks.
 
 Start with ``python -m worker``.
@@ -24,7 +24,7 @@ from backend.maintenance import prune, reap_orphans, requeue_lost
 from backend.settings import Settings
 
 from . import runtime, ytdlp_runtime
-from .batching_worker import BatchingWorker
+from .continuous_worker import ContinuousWorker
 from .model_cache import ModelUnavailable
 
 log = logging.getLogger("worker")
@@ -147,10 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                                       name="segue-webhooks", daemon=True)
     webhook_sender.start()
 
-    worker = BatchingWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
-                            max_batch=settings.max_batch, batch_wait=settings.batch_wait_ms / 1000,
-                            recycle_after_tasks=settings.recycle_after_tasks,
-                            recycle_above_mb=settings.recycle_above_mb)
+    worker = ContinuousWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
+                              max_tasks=settings.max_batch, recycle_after_tasks=settings.recycle_after_tasks,
+                              recycle_above_mb=settings.recycle_above_mb)
     try:
         worker.work(logging_level=settings.log_level, with_scheduler=False)
     finally:

@@ -50,7 +50,9 @@ def init(settings: Settings, worker_id: str | None = None) -> Runtime:
         # the name users chose.
         source = settings.model_source(model_ref)
         return load_engine(resolve_model(source, settings.data_dir), device=settings.device,
-                           half_precision=settings.half_precision, cpu_threads=settings.torch_threads)
+                           half_precision=settings.half_precision, cpu_threads=settings.torch_threads,
+                           max_tasks=settings.max_batch, quantize=settings.quantize,
+                           cuda_graphs=settings.cuda_graphs)
 
     _runtime = Runtime(settings=settings, services=Services.from_settings(settings, blocking_reads=True),
                        models=ModelCache(settings.model_cache_size, load),

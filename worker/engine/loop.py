@@ -59,6 +59,11 @@ class EngineLoop:
             waiting = sum(t.rows for t in s.waiting)
             return max(0, (s.cache.rows - s.rows_in_use - waiting) // 2)
 
+    @property
+    def running_tasks(self) -> int:
+        """Tasks holding rows now (decoding, or prefilling to join)."""
+        return len(self.scheduler.active)
+
     def close(self, timeout: float | None = None) -> None:
         """Finish what was submitted, then stop the thread."""
         with self._wake:

@@ -107,10 +107,14 @@ class MusicGenEngine:
         self.num_parameters: int = sum(p.numel() for p in self.model.parameters())
         self.cpu_threads = cpu_threads or self._default_cpu_threads()
         self.max_tasks = max(1, max_tasks)
-        self.quantize = quantize
         self.cuda_graphs = cuda_graphs
-        # The decoder the scheduler steps: the model's own, or an int8 copy of it (CPU only).
-        self.decoder = quantize_decoder(self.model.decoder, quantize) if quantize else self.model.decoder
+        # The decoder the scheduler steps, its linear layers in int8 when asked (CPU only: GPUs run half
+        # precision). In place: nothing else runs the float decoder, so its memory is not kept twice.
+        if quantize and torch_device.type != "cpu":
+            log.info("SEGUE_QUANTIZE=%s ignored on %s", quantize, torch_device)
+            quantize = ""
+        self.quantize = quantize  # as applied
+        self.decoder = quantize_decoder(self.model.decoder, quantize, inplace=True) if quantize else self.model.decoder
         self._lock = threading.Lock()
         self._loop: EngineLoop | None = None
 
@@ -161,6 +165,12 @@ class MusicGenEngine:
     def free_tasks(self) -> int:
         """Guided tasks that would start decoding now (0 while the cache is full)."""
         return self.loop.free_tasks
+
+    @property
+    def running_tasks(self) -> int:
+        """Tasks decoding now, or prefilling to join."""
+        loop = self._loop
+        return loop.running_tasks if loop is not None else 0
 
     def generate(self, requests: list[GenerationRequest], on_step: OnStep | None = None) -> list[GenerationResult]:
         """Continue each request's prompt; results come back in request order.

@@ -12,6 +12,13 @@ earlier frames fades within a fraction of a second) and the last
 one. The final chunk is cut from the full decode the engine makes anyway, so
 the concatenated chunks equal the result up to the windowed decodes' small
 edge differences (measured in ``tests/test_streaming``).
+
+Those window decodes are the cost of streaming, so they run only while the
+listener wants them: an ``on_audio`` callback with a ``wanted()`` method (the
+worker's, true while someone follows the task) is asked before each. Until
+then the frames wait; when someone arrives, one decode catches up on them,
+and whatever was never streamed is handed out from the final decode, cut
+into chunks of the usual size.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class RowStreamer:
         self.hold_frames = hold_frames
         self.emitted_samples = 0  # continuation samples handed out so far
         self.failed = False
+        self.wanted: Callable[[], bool] | None = getattr(on_audio, "wanted", None)
 
     def bind(self, prompt_codes: torch.Tensor, decode: Callable[[torch.Tensor], np.ndarray]) -> None:
         """Attach one generate call's prompt codes and decoder (a retried row is bound again; what was
@@ -73,6 +81,8 @@ class RowStreamer:
         due = self.first_chunk_frames if self.emitted_samples == 0 else self.chunk_frames
         if available - self.hold_frames - self._emitted_frames < due:
             return
+        if self.wanted is not None and not self.wanted():
+            return  # nobody listens: no decode now
         start = self._emitted_frames
         end = available - self.hold_frames  # frames [start, end) are handed out now
         context_new = min(start, self.context_frames)
@@ -85,10 +95,17 @@ class RowStreamer:
         self._emit(audio)
 
     def finish(self, continuation: np.ndarray) -> None:
-        """Hand out the rest from the row's full decode (its exact continuation audio)."""
-        if self.failed:
-            return
-        self._emit(continuation[:, self.emitted_samples : self.continuation_samples])
+        """Hand out the rest from the row's full decode (its exact continuation audio), in chunks of the
+        usual size when much is left (nobody listened while it was made)."""
+        piece = self.chunk_frames * self.hop
+        while not self.failed and self.emitted_samples < self.continuation_samples:
+            end = min(self.continuation_samples, self.emitted_samples + piece)
+            if self.continuation_samples - end < piece // 2:
+                end = self.continuation_samples  # no tiny last chunk
+            before = self.emitted_samples
+            self._emit(continuation[:, before:end])
+            if self.emitted_samples == before:
+                return
 
     def _emit(self, audio: np.ndarray) -> None:
         if audio.shape[-1] == 0:
