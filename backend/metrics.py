@@ -16,7 +16,7 @@ Exposed (all prefixed ``segue_``):
 - ``segue_worker_current_tasks{worker_id}``  tasks each live worker is running
 - ``segue_task_seconds{model,status}``       histogram: how long tasks ran on a worker
 - ``segue_generated_audio_seconds_total{model}``  seconds of audio generated
-- ``segue_batch_size``                       histogram: tasks per batch a worker ran
+- ``segue_batch_size``                       histogram: per task, the most tasks its engine decoded together
 - ``segue_webhook_deliveries_total{outcome}``    webhook attempts: delivered, pending (retry), failed
 - ``segue_webhooks_due``                     webhook deliveries waiting (incl. retries)
 """
@@ -80,7 +80,7 @@ def record_task(connection: redis.Redis, *, status: str, model: str, seconds: fl
 
 
 def record_batch(connection: redis.Redis, size: int) -> None:
-    """Count one batch a worker ran together."""
+    """Count one ended task's batch size: the most tasks its engine decoded together while it ran."""
     pipe = connection.pipeline(transaction=True)
     _observe(pipe, BATCH_SIZE_KEY, (), int(size), BATCH_SIZE_BUCKETS)
     pipe.execute()
@@ -158,7 +158,7 @@ class SegueCollector:
                          ["model", "status"], task_seconds, TASK_SECONDS_BUCKETS)
         yield _counter("segue_generated_audio_seconds", "Seconds of audio generated, by model.",
                        ["model"], _decoded(audio_seconds).items())
-        yield _histogram("segue_batch_size", "Tasks a worker ran together as one batch.", [], batch_sizes,
+        yield _histogram("segue_batch_size", "Per ended task: the most tasks its worker's engine decoded together while it ran.", [], batch_sizes,
                          BATCH_SIZE_BUCKETS)
         yield _counter("segue_webhook_deliveries", "Webhook delivery attempts by outcome "
                        "(pending = failed for now, will be retried).", ["outcome"], _decoded(webhooks).items())

@@ -7,11 +7,16 @@ cores anything running beside a measurement would distort it):
 2. ``baseline``, the old design: a forking RQ worker loading the model inside
    each of 8 jobs, run one after another;
 3. Segue end to end through API, queue and worker (``python -m
-   backend.devstack``): one task at a time (``single``), then 8 concurrent
-   tasks (``batched``).
+   backend.devstack``), float32: one task at a time (``single``), then 8
+   concurrent tasks (``batched``), then a 10 s continuation followed live;
+4. Segue end to end with ``SEGUE_QUANTIZE=int8``: 8 concurrent tasks
+   (``throughput_vs_baseline``: the old design against Segue on a CPU host);
+5. the engine in-process (``bench.policies``): decoding steps at 1 and 8
+   tasks, float32 and int8; Poisson arrivals and the first chunk under load,
+   iteration-level scheduling against the static policy; streaming's cost.
 
-Each task continues a 2 s prompt by 1 s (see ``bench.workload``). The model
-is a random-weights MusicGen with musicgen-small's exact architecture,
+Each task of 1-4 continues a 2 s prompt by 1 s (see ``bench.workload``). The
+model is a random-weights MusicGen with musicgen-small's exact architecture,
 built offline and cached (weights do not change speed).
 
 Prints progress on stderr, then a table and one JSON line on stdout. Exits
@@ -71,6 +76,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-quiet-wait", type=float, default=180.0,
                         help="seconds to wait for other processes to calm down before each measurement")
     return parser.parse_args(argv)
+
+
+def run_segue_int8(args, work: Workload, data_dir: Path, timed) -> float:
+    """8 concurrent tasks through a stack whose worker runs the decoder in int8."""
+    from .segue_stack import SegueStack
+
+    stack = SegueStack(args.model, data_dir / "segue-int8", LOG_DIR / "stack-int8.log", max_batch=args.batch,
+                       extra_env={"SEGUE_QUANTIZE": "int8"})
+    prompt = work.prompt_b64()
+    try:
+        log("segue int8: starting the stack")
+        stack.start()
+        timed("segue int8 warm-up", lambda: stack.run_one(work, 0, prompt), retries=0)
+        seconds, docs = timed(f"segue int8 batched {args.batch}",
+                              lambda: stack.run_concurrent(work, [200 + i for i in range(args.batch)], prompt))
+        log(f"segue int8: {args.batch} concurrent tasks: {seconds:.2f} s")
+        return seconds
+    except Exception:
+        log("segue int8: failed; last lines of the stack log:\n" + stack.log_tail())
+        raise
+    finally:
+        stack.stop()
 
 
 def run_segue(args, work: Workload, data_dir: Path, timed) -> dict:
@@ -152,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                                     data_dir=data_dir, log_path=LOG_DIR / "baseline.log",
                                     timed=settler.measure, log=log)
         segue = run_segue(args, work, data_dir, settler.measure)
+        segue_int8_s = run_segue_int8(args, work, data_dir, settler.measure)
+    from . import policies
+
+    engine = policies.measure(args.model, settler, log)
 
     raw1 = statistics.median(raw_result["single_s"])
     single = statistics.median(segue["single_s"])
@@ -164,10 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         report.Row(f"raw batch {args.batch}", raw_result["batched_s"], args.batch, "one model.generate call"),
         report.Row(f"segue batched {args.batch}", segue["batched_s"], args.batch,
                    f"{args.batch} concurrent clients; batch sizes {sorted(set(segue['batch_sizes']))}"),
+        report.Row(f"segue int8 batched {args.batch}", segue_int8_s, args.batch, "SEGUE_QUANTIZE=int8"),
     ]
-    result = report.ratios(base["wall_s"], raw1, single, raw_result["batched_s"], segue["batched_s"])
+    result = report.ratios(base["wall_s"], raw1, single, raw_result["batched_s"], segue["batched_s"], segue_int8_s)
+    result.update({key: engine[key] for key in ("step_8_vs_1", "int8_speedup", "poisson_p95_vs_static",
+                                                "poisson_makespan_vs_static", "first_chunk_under_load_vs_static",
+                                                "streaming_overhead")})
     met = report.targets_met(result)
     result.update({
+        "segue_int8_batched_s": round(segue_int8_s, 3),
+        "engine": {k: v for k, v in engine.items() if k not in result},
         # The best throughput_vs_baseline any server could reach here: batched exactly as fast as raw batch-N.
         "throughput_ceiling_vs_baseline": round(base["wall_s"] / raw_result["batched_s"], 3),
         "baseline_s": round(base["wall_s"], 3),
@@ -210,8 +247,16 @@ def main(argv: list[str] | None = None) -> int:
               f"of {streaming['total_s']:.2f} s in all ({streaming['first_audio_s'] / streaming['total_s']:.0%}; "
               f"{streaming['chunks']} chunks)")
         print()
-    print("  ".join(f"{k} {result[k]:.2f} (target >= {t:g}: {'met' if met[k] else 'MISSED'})"
-                    for k, t in report.TARGETS.items()))
+    engine = result["engine"]
+    print(f"engine (int8 decoder): Poisson p95 {engine['poisson']['v2']['p95_s']} s vs static "
+          f"{engine['poisson']['static']['p95_s']} s; makespan {engine['poisson']['v2']['makespan_s']} vs "
+          f"{engine['poisson']['static']['makespan_s']} s; first chunk under load "
+          f"{engine['first_chunk_under_load_s']['v2']} vs {engine['first_chunk_under_load_s']['static']} s; "
+          f"step ms {engine['step_ms']}")
+    print()
+    for key in met:
+        print(f"{key} {result[key]:.3f} (target {report.target_text(key)}: {'met' if met[key] else 'MISSED'})")
+    print(f"step_8_vs_1 {result['step_8_vs_1']:.3f} (no target: a step for 8 tasks over a step for 1)")
     if settler.disturbed:
         print(f"WARNING: other processes used the CPUs during {', '.join(settler.disturbed)} "
               f"(up to {settler.foreign_max:.0%} of the machine): those numbers are distorted; rerun on a quiet machine")

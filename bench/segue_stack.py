@@ -33,13 +33,14 @@ class TaskFailed(RuntimeError):
 
 
 class SegueStack:
-    def __init__(self, model: Path, data_dir: Path, log_path: Path, max_batch: int):
+    def __init__(self, model: Path, data_dir: Path, log_path: Path, max_batch: int, extra_env: dict | None = None):
         self.log_path = log_path
         self.env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MONGO_URL")}
         self.env.update(SEGUE_MODELS=str(model.resolve()), SEGUE_DATA_DIR=str(data_dir), PORT=str(free_port()),
                         EXPRESS_PORT=str(free_port()), SEGUE_HOST="127.0.0.1", SEGUE_MAX_BATCH=str(max_batch),
                         # The bench polls every 0.1 s from one address: limits would turn that into 429s.
                         SEGUE_RATE_LIMIT="off", SEGUE_READ_RATE_LIMIT="off", SEGUE_MAX_QUEUED_PER_KEY="0")
+        self.env.update(extra_env or {})
         self.api = f"http://127.0.0.1:{self.env['PORT']}"
         self.process: subprocess.Popen | None = None
         self.http = requests.Session()

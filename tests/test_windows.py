@@ -8,7 +8,6 @@ import soundfile as sf
 
 from tests.conftest import noise
 from worker.engine import GenerationRequest
-from worker.jobs import _generate_windowed
 from worker.audio import encode_wav
 from worker.engine.windows import WindowedGeneration
 
@@ -19,7 +18,7 @@ def test_fifty_seconds_in_three_windows_with_continuous_chunks_and_progress(engi
                                 on_progress=lambda done, total: progress.append(done / total),
                                 on_audio=lambda audio, offset: chunks.append((offset, audio.copy())))
     assert WindowedGeneration(request, engine.sample_rate, engine.hop_length).windows_needed == 3
-    result = _generate_windowed(engine, [request])[0]
+    (result,) = engine.generate([request])  # the engine runs the windows itself
     assert result.audio.shape == (1, 50 * 32000)
     assert progress == sorted(progress) and progress[-1] == 1.0
     offsets = [o for o, _ in chunks]
@@ -32,8 +31,8 @@ def test_windowed_results_are_reproducible_and_batched_rows_differ(engine):
     def request(seed, total):
         return GenerationRequest(noise(1, 2.0, 32000, seed=1), 32000, total, seed=seed)
 
-    first = _generate_windowed(engine, [request(5, 36.0)])[0]
-    batch = _generate_windowed(engine, [request(5, 36.0), request(6, 10.0), request(5, 50.0)])
+    (first,) = engine.generate([request(5, 36.0)])
+    batch = engine.generate([request(5, 36.0), request(6, 10.0), request(5, 50.0)])
     np.testing.assert_array_equal(first.audio, batch[0].audio)
     assert batch[1].audio.shape[1] == 10 * 32000 and batch[2].audio.shape[1] == 50 * 32000
     # The same seed and prompt: identical until the shorter one's first window ends.

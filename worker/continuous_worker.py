@@ -119,6 +119,14 @@ class ContinuousWorker(SimpleWorker):
             self.sessions_run += 1
             self._maybe_recycle()
 
+    def takes_more(self, held: int) -> bool:
+        """May a session holding ``held`` jobs take another? Not when stopping, nor past the recycle limit."""
+        if self._stop_requested:
+            return False
+        if self.recycle_after_tasks and runtime.get().tasks_done + held >= self.recycle_after_tasks:
+            return False
+        return not (self.recycle_above_mb and resident_mb() > self.recycle_above_mb)
+
     def _maybe_recycle(self) -> None:
         done = runtime.get().tasks_done
         rss = resident_mb()
@@ -153,7 +161,7 @@ class Session:
         try:
             self._add(primary, from_rq=True)
             while self.members:
-                if not self.closed_to_new and not self.worker._stop_requested:
+                if not self.closed_to_new and self.worker.takes_more(len(self.members)):
                     self._take_more()
                 self._advance()
                 self._enforce_time_limits()
@@ -230,7 +238,7 @@ class Session:
                     self.closed_to_new = True
                     return
                 continue
-            if self._active() >= self.worker.max_tasks:
+            if self._active() >= self.worker.max_tasks or not self.worker.takes_more(len(self.members)):
                 return
             # LREM is atomic: only one worker can take a given job off the queue.
             if connection.lrem(self.queue.key, 1, job_id):

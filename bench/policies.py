@@ -1,0 +1,225 @@
+"""What iteration-level scheduling and int8 buy, measured in-process on one engine.
+
+Each figure compares two ways side by side in one run, on the same loaded
+model (musicgen-small's architecture, random weights) and the same inputs:
+
+- ``step``: one decoding step of the engine's own loop at 1 and 8 guided
+  tasks, float32 and ``SEGUE_QUANTIZE=int8`` (``step_8_vs_1``,
+  ``int8_speedup``), and int8's drift from float32 on the same tokens;
+- ``poisson``: 24 tasks of mixed lengths (2 s prompts, 1 to 4 s of new
+  audio, seeded) arriving at seeded Poisson times at about 80 % of the
+  engine's capacity, served by the engine as it runs in the worker (a task
+  joins at the next step) and by the same engine with the static policy
+  (``Scheduler(admit_between_batches=True)``: new tasks wait until the whole
+  running batch has left): p95 latency and makespan, static over v2;
+- ``first chunk under load``: a 10 s continuation submitted while 7 longer
+  tasks decode: seconds to its first audio chunk, both policies;
+- ``streaming``: 8 tasks generated with every task's audio streamed to a
+  listener against the same 8 with nobody listening (the worker decodes
+  chunks only while someone follows a task), as the share of throughput lost.
+
+These run with the decoder in int8 (the CPU path): in float32 the Poisson and
+first-chunk workloads alone would take longer than the whole of ``make
+bench`` may on 2 cores. The policies compare the same engine, so precision
+does not favour either side.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .workload import CFG_COEF, SAMPLE_RATE, TOP_K, Workload
+
+TASKS = 24
+LOAD = 0.8
+LONG_TASKS = 7
+PROBE_NEW_SECONDS = 10.0
+LONG_NEW_SECONDS = 12.0
+STREAM_TASKS = 8
+STREAM_NEW_SECONDS = 2.0
+
+
+def _request(prompt, new_seconds: float, seed: int, **callbacks):
+    from worker.engine import GenerationRequest
+
+    return GenerationRequest(prompt, SAMPLE_RATE, Workload().prompt_seconds + new_seconds, seed=seed, top_k=TOP_K,
+                             cfg_coef=CFG_COEF, **callbacks)
+
+
+def _loop(engine, *, static: bool, tasks: int = 8):
+    from worker.engine.loop import EngineLoop
+    from worker.engine.scheduler import Scheduler
+
+    scheduler = Scheduler(engine, max_rows=2 * tasks, max_seconds=Workload().prompt_seconds + LONG_NEW_SECONDS + 1,
+                          decoder=engine.decoder, admit_between_batches=static)
+    return EngineLoop(scheduler)
+
+
+def step_figures(fp32_engine, int8_engine, settler, log: Callable[[str], None], steps: int = 3,
+                 positions: int = 150) -> dict:
+    """ms per decoding step at 1 and 8 tasks, float32 and int8; int8's drift on the same tokens."""
+    from .engine_v2 import Setup, drift_of
+
+    model = fp32_engine.model
+    best: dict = {}
+    setups = {(name, tasks): Setup(model, engine.decoder, tasks, positions)
+              for name, engine in (("fp32", fp32_engine), ("int8", int8_engine)) for tasks in (1, 8)}
+    for round_ in range(2):
+        for key, setup in setups.items():
+            setup.time_steps(1)  # warm
+            ms = settler.measure(f"step {key[0]} x{key[1]}", lambda setup=setup: setup.time_steps(steps))
+            best[key] = min(best.get(key, ms), ms)
+            log(f"step {key[0]} x{key[1]}: {ms:.1f} ms (round {round_ + 1})")
+    drift = drift_of(model, {"fp32": model.decoder, "int8": int8_engine.decoder}, positions)["int8"]
+    return {
+        "step_ms": {f"{name}_x{tasks}": round(ms, 1) for (name, tasks), ms in best.items()},
+        "step_8_vs_1": round(best[("fp32", 8)] / best[("fp32", 1)], 3),
+        "int8_speedup": round(best[("fp32", 1)] / best[("int8", 1)], 3),
+        "int8_drift": {k: round(v, 6) for k, v in drift.items()},
+    }
+
+
+def poisson(engine, settler, log: Callable[[str], None], step_ms_8: float) -> dict:
+    """24 mixed tasks at seeded Poisson arrivals, ~80 % of capacity: v2 against the static policy."""
+    rng = random.Random(7)
+    lengths = [rng.choice((1.0, 2.0, 3.0, 4.0)) for _ in range(TASKS)]
+    # Capacity: 8 tasks decode together, each step costing step_ms_8; a task of L s needs 50 L + 3 steps.
+    mean_steps = statistics.mean(50 * length + 3 for length in lengths)
+    capacity = 8 / (mean_steps * step_ms_8 / 1000)  # tasks per second
+    gap = 1 / (LOAD * capacity)
+    arrivals = [0.0]
+    for _ in range(TASKS - 1):
+        arrivals.append(arrivals[-1] + rng.expovariate(1 / gap))
+    prompt = Workload().prompt_array()[None]
+    log(f"poisson: {TASKS} tasks of 1-4 s, mean gap {gap:.2f} s (capacity {capacity:.2f} tasks/s from "
+        f"{step_ms_8:.0f} ms steps)")
+
+    def serve(static: bool) -> dict:
+        loop = _loop(engine, static=static)
+        done: dict[int, float] = {}
+        started = time.perf_counter()
+        futures = []
+        for i, at in enumerate(arrivals):
+            time.sleep(max(0.0, at - (time.perf_counter() - started)))
+            future = loop.submit(_request(prompt, lengths[i], seed=i))
+            future.add_done_callback(lambda _, i=i: done.__setitem__(i, time.perf_counter() - started))
+            futures.append(future)
+        for future in futures:
+            future.result()
+        loop.close()
+        latencies = sorted(done[i] - arrivals[i] for i in range(TASKS))
+        return {"p50_s": round(statistics.median(latencies), 2),
+                "p95_s": round(latencies[math.ceil(0.95 * TASKS) - 1], 2),
+                "makespan_s": round(max(done.values()), 2)}
+
+    figures = {}
+    for name, static in (("static", True), ("v2", False)):
+        figures[name] = settler.measure(f"poisson {name}", lambda static=static: serve(static))
+        log(f"poisson {name}: {figures[name]}")
+    return {
+        "poisson": {"tasks": TASKS, "load": LOAD, "mean_gap_s": round(gap, 3), **figures},
+        "poisson_p95_vs_static": round(figures["v2"]["p95_s"] / figures["static"]["p95_s"], 3),
+        "poisson_makespan_vs_static": round(figures["v2"]["makespan_s"] / figures["static"]["makespan_s"], 3),
+    }
+
+
+def first_chunk_under_load(engine, settler, log: Callable[[str], None]) -> dict:
+    """A 10 s continuation submitted while 7 longer tasks decode: seconds to its first chunk."""
+    prompt = Workload().prompt_array()[None]
+
+    def serve(static: bool) -> float:
+        loop = _loop(engine, static=static)
+        running = threading.Event()
+        stop = threading.Event()
+
+        def on_progress(step: int, total: int) -> None:
+            if step >= 20:
+                running.set()
+
+        longs = [loop.submit(_request(prompt, LONG_NEW_SECONDS, seed=100 + i, on_progress=on_progress,
+                                      should_stop=stop.is_set)) for i in range(LONG_TASKS)]
+        running.wait()
+        first = threading.Event()
+        submitted = time.perf_counter()
+        probe = loop.submit(_request(prompt, PROBE_NEW_SECONDS, seed=1, on_audio=lambda chunk, offset: first.set(),
+                                     should_stop=stop.is_set))
+        first.wait()
+        seconds = time.perf_counter() - submitted
+        stop.set()  # the rest is not measured: every task leaves at its next step
+        for future in longs + [probe]:
+            future.exception()
+        loop.close()
+        return seconds
+
+    figures = {}
+    for name, static in (("static", True), ("v2", False)):
+        figures[name] = round(settler.measure(f"first chunk {name}", lambda static=static: serve(static)), 2)
+        log(f"first chunk under load, {name}: {figures[name]:.2f} s")
+    return {"first_chunk_under_load_s": figures,
+            "first_chunk_under_load_vs_static": round(figures["v2"] / figures["static"], 3)}
+
+
+class _Listener:
+    """An ``on_audio`` whose ``wanted()`` says whether anyone follows the task (as the worker's does)."""
+
+    def __init__(self, listening: bool):
+        self.listening = listening
+        self.chunks = 0
+
+    def wanted(self) -> bool:
+        return self.listening
+
+    def __call__(self, chunk, offset) -> None:
+        self.chunks += 1
+
+
+def streaming_overhead(engine, settler, log: Callable[[str], None]) -> dict:
+    """8 tasks with every one followed by a listener against the same 8 followed by nobody."""
+    prompt = Workload().prompt_array()[None]
+
+    def serve(listening: bool) -> tuple[float, int]:
+        loop = _loop(engine, static=False)
+        listeners = [_Listener(listening) for _ in range(STREAM_TASKS)]
+        started = time.perf_counter()
+        futures = [loop.submit(_request(prompt, STREAM_NEW_SECONDS, seed=i, on_audio=listeners[i]))
+                   for i in range(STREAM_TASKS)]
+        for future in futures:
+            future.result()
+        seconds = time.perf_counter() - started
+        loop.close()
+        return seconds, sum(listener.chunks for listener in listeners)
+
+    (quiet_s, quiet_chunks) = settler.measure("streaming off", lambda: serve(False))
+    (heard_s, heard_chunks) = settler.measure("streaming on", lambda: serve(True))
+    log(f"streaming: {STREAM_TASKS} tasks in {quiet_s:.2f} s unheard ({quiet_chunks} chunks, from the final decode) "
+        f"and {heard_s:.2f} s heard ({heard_chunks} chunks)")
+    return {"streaming_s": {"nobody_listening": round(quiet_s, 2), "all_listening": round(heard_s, 2)},
+            "streaming_chunks": {"nobody_listening": quiet_chunks, "all_listening": heard_chunks},
+            "streaming_overhead": round(max(0.0, 1 - quiet_s / heard_s), 3)}
+
+
+def measure(model: Path, settler, log: Callable[[str], None]) -> dict:
+    from worker.engine import MusicGenEngine
+
+    threads = torch.get_num_threads()
+    fp32 = MusicGenEngine(str(model), device="cpu")
+    int8 = MusicGenEngine(str(model), device="cpu", quantize="int8")
+    try:
+        result = step_figures(fp32, int8, settler, log)
+        fp32.close()
+        result.update(poisson(int8, settler, log, result["step_ms"]["int8_x8"]))
+        result.update(first_chunk_under_load(int8, settler, log))
+        result.update(streaming_overhead(int8, settler, log))
+    finally:
+        fp32.close()
+        int8.close()
+        torch.set_num_threads(threads)
+    return result
