@@ -15,21 +15,11 @@ weights do not change speed), guided tasks (two rows each):
   the same random tokens (mean KL in nats, top-1 agreement).
 
 With ``--e2e``, also whole generations of ``make bench``'s work unit (2 s
-prompt, 1 s new audio, top-k 250, guidance 3.0) for 1 and 8 tasks: today's
-engine (``generate_each``: one static batch through transformers'
-``generate``) against v2's scheduler in float32 and with int8 weights
-(``e2e_s``, seconds each, and ``e2e_v2_vs_static``).
-
-With ``--poisson N``, N tasks of that work unit (streaming audio) arrive at
-Poisson times (seeded; mean gap ``--gap`` seconds) and are served two ways,
-each on its own: today's static batching (a loop that takes everything
-queued, up to 8, into one ``generate_each`` call, as the batching worker
-does) and v2's ``EngineLoop`` (each task joins at the next step).
-``poisson`` reports each way's p50/p95 latency (arrival to result),
-makespan and median time to first audio chunk, and the ratios
-``poisson_p95_vs_static``, ``poisson_makespan_vs_static``,
-``first_chunk_under_load_vs_static`` (static / v2: above 1 means v2 is
-faster).
+prompt, 1 s new audio, top-k 250, guidance 3.0) for 1 and 8 tasks through
+the engine in float32 and with ``int8`` weights (``e2e_s``, seconds each,
+and ``e2e_int8_vs_fp32``). The scheduling policies (Poisson arrivals, first
+chunk under load) and streaming's cost are measured by ``make bench``
+(``bench.policies``).
 
 Configurations are measured interleaved, ``--repeats`` rounds, each on a
 machine left quiet by other processes (``bench.quiet``; retaken once if
@@ -68,8 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--e2e", action="store_true", help="also time whole generations (a few minutes)")
     parser.add_argument("--no-steps", action="store_true", help="skip the decoding-step figures and drift")
-    parser.add_argument("--poisson", type=int, default=0, help="tasks arriving at Poisson times (0: skip)")
-    parser.add_argument("--gap", type=float, default=4.0, help="mean seconds between Poisson arrivals")
     parser.add_argument("--max-quiet-wait", type=float, default=30.0,
                         help="seconds to wait for other processes to calm down before each measurement")
     return parser.parse_args(argv)
@@ -182,132 +170,36 @@ def drift_of(model, decoders: dict, positions: int) -> dict:
 
 
 def end_to_end(model_path: Path, settler, tasks_list: list[int]) -> dict:
-    """Seconds for whole generations: today's engine vs v2 (float32, int8), 1 and 8 tasks."""
+    """Seconds for whole generations through the engine, float32 and int8, 1 and 8 tasks."""
     from worker.engine import GenerationRequest, MusicGenEngine
-    from worker.engine.quantize import quantize_decoder
-    from worker.engine.scheduler import Scheduler
 
     from .workload import CFG_COEF, SAMPLE_RATE, TOP_K, Workload
 
     work = Workload()
-    engine = MusicGenEngine(str(model_path), device="cpu")
     prompt = work.prompt_array()[None]
 
     def requests(count: int) -> list:
         return [GenerationRequest(prompt, SAMPLE_RATE, work.total_seconds, seed=i, top_k=TOP_K, cfg_coef=CFG_COEF)
                 for i in range(count)]
 
-    rows = 2 * max(tasks_list)
-    runners = {
-        "static": lambda reqs: engine.generate_each(reqs),
-        "v2_fp32": Scheduler(engine, max_rows=rows, max_seconds=work.total_seconds + 1).run,
-        "v2_int8": Scheduler(engine, max_rows=rows, max_seconds=work.total_seconds + 1,
-                             decoder=quantize_decoder(engine.model.decoder, "int8-weight-only")).run,
-    }
+    engines = {"fp32": MusicGenEngine(str(model_path), device="cpu", max_tasks=max(tasks_list)),
+               "int8": MusicGenEngine(str(model_path), device="cpu", max_tasks=max(tasks_list), quantize="int8")}
     seconds: dict = {}
     for count in tasks_list:
-        for name, run in runners.items():
-            def timed(run=run, count=count) -> float:
+        for name, engine in engines.items():
+            def timed(engine=engine, count=count) -> float:
                 started = time.perf_counter()
-                outcomes = run(requests(count))
+                outcomes = engine.generate_each(requests(count))
                 elapsed = time.perf_counter() - started
                 assert all(not isinstance(o, BaseException) for o in outcomes), outcomes
                 return elapsed
 
             seconds[f"{name}_x{count}"] = round(settler.measure(f"e2e {name} x{count}", timed), 2)
             log(f"e2e {name} x{count}: {seconds[f'{name}_x{count}']:.1f} s")
-    engine.close()
-    ratios = {f"{name}_x{count}": round(seconds[f"static_x{count}"] / seconds[f"{name}_x{count}"], 2)
-              for name in ("v2_fp32", "v2_int8") for count in tasks_list}
-    return {"e2e_s": seconds, "e2e_v2_vs_static": ratios}
-
-
-def poisson(model_path: Path, settler, count: int, gap: float) -> dict:
-    """Static batching vs v2's loop under the same Poisson arrivals: latency, makespan, first chunk."""
-    import queue
-    import random
-    import statistics
-    import threading
-
-    from worker.engine import GenerationRequest, MusicGenEngine
-    from worker.engine.loop import EngineLoop
-    from worker.engine.scheduler import Scheduler
-
-    from .workload import CFG_COEF, SAMPLE_RATE, TOP_K, Workload
-
-    work = Workload()
-    engine = MusicGenEngine(str(model_path), device="cpu")
-    prompt = work.prompt_array()[None]
-    rng = random.Random(7)
-    arrivals = [0.0]
-    for _ in range(count - 1):
-        arrivals.append(arrivals[-1] + rng.expovariate(1 / gap))
-
-    def serve(way: str) -> dict:
-        done: dict[int, float] = {}
-        first_chunk: dict[int, float] = {}
-        started = time.perf_counter()
-
-        def request(i: int) -> GenerationRequest:
-            def on_audio(chunk, offset, i=i):
-                first_chunk.setdefault(i, time.perf_counter() - started)
-            return GenerationRequest(prompt, SAMPLE_RATE, work.total_seconds, seed=i, top_k=TOP_K,
-                                     cfg_coef=CFG_COEF, on_audio=on_audio)
-
-        if way == "static":
-            arrived: queue.Queue = queue.Queue()
-
-            def worker() -> None:
-                finished = 0
-                while finished < count:
-                    batch = [arrived.get()]
-                    while len(batch) < 8:
-                        try:
-                            batch.append(arrived.get_nowait())
-                        except queue.Empty:
-                            break
-                    engine.generate_each([request(i) for i in batch])
-                    for i in batch:
-                        done[i] = time.perf_counter() - started
-                    finished += len(batch)
-
-            thread = threading.Thread(target=worker)
-            thread.start()
-            for i, at in enumerate(arrivals):
-                time.sleep(max(0.0, at - (time.perf_counter() - started)))
-                arrived.put(i)
-            thread.join()
-        else:
-            loop = EngineLoop(Scheduler(engine, max_rows=16, max_seconds=work.total_seconds + 1))
-            futures = []
-            for i, at in enumerate(arrivals):
-                time.sleep(max(0.0, at - (time.perf_counter() - started)))
-                future = loop.submit(request(i))
-                future.add_done_callback(lambda _, i=i: done.__setitem__(i, time.perf_counter() - started))
-                futures.append(future)
-            for future in futures:
-                future.result()
-            loop.close()
-        latencies = sorted(done[i] - arrivals[i] for i in range(count))
-        firsts = [first_chunk[i] - arrivals[i] for i in range(count) if i in first_chunk]
-        return {"p50_s": round(statistics.median(latencies), 2),
-                "p95_s": round(latencies[min(count - 1, math.ceil(0.95 * count) - 1)], 2),
-                "makespan_s": round(max(done.values()), 2),
-                "first_chunk_median_s": round(statistics.median(firsts), 2) if firsts else None}
-
-    figures = {}
-    for way in ("static", "v2"):
-        figures[way] = settler.measure(f"poisson {way}", lambda way=way: serve(way))
-        log(f"poisson {way}: {figures[way]}")
-    engine.close()
-    static, v2 = figures["static"], figures["v2"]
-    return {
-        "poisson": {"tasks": count, "mean_gap_s": gap, **figures},
-        "poisson_p95_vs_static": round(static["p95_s"] / v2["p95_s"], 2),
-        "poisson_makespan_vs_static": round(static["makespan_s"] / v2["makespan_s"], 2),
-        "first_chunk_under_load_vs_static": round(static["first_chunk_median_s"] / v2["first_chunk_median_s"], 2)
-        if static["first_chunk_median_s"] and v2["first_chunk_median_s"] else None,
-    }
+    for engine in engines.values():
+        engine.close()
+    return {"e2e_s": seconds,
+            "e2e_int8_vs_fp32": {f"x{c}": round(seconds[f"fp32_x{c}"] / seconds[f"int8_x{c}"], 2) for c in tasks_list}}
 
 
 def step_figures(args, settler) -> dict:
@@ -369,8 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         result.update(step_figures(args, settler))
     if args.e2e:
         result.update(end_to_end(args.model, settler, args.tasks))
-    if args.poisson:
-        result.update(poisson(args.model, settler, args.poisson, args.gap))
     result["quiet"] = {"worst_background": settler.worst, "foreign_max": round(settler.foreign_max, 3),
                        "disturbed": settler.disturbed}
     print(json.dumps(result), flush=True)

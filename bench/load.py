@@ -3,7 +3,7 @@
 A benchmark, not a test (nothing here runs under pytest):
 
 1. starts the stack ``make run`` starts (``bench.segue_stack``: embedded Valkey
-   and SecantusDB, the sidecar, gunicorn, here ``--workers`` batching workers)
+   and SecantusDB, the sidecar, gunicorn, here ``--workers`` workers)
    on the tiny random model, with the per-address limits off (all the load
    comes from 127.0.0.1);
 2. queues ``--tasks`` ``/continue`` tasks from a few client threads (a 2 s

@@ -1,7 +1,7 @@
 """Segue end to end: the real stack (``python -m backend.devstack``) and a client.
 
 The stack is what ``make run`` starts (embedded Valkey and SecantusDB, the
-sidecar, gunicorn, one batching worker), so a task's time includes the API,
+sidecar, gunicorn, one worker), so a task's time includes the API,
 MongoDB/GridFS, the RQ queue, the worker, result encoding and the client's
 polling, exactly as a web-app user sees it.
 """

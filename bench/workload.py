@@ -17,7 +17,7 @@ import soundfile as sf
 
 SAMPLE_RATE = 32_000  # MusicGen's rate: no resampling anywhere
 FRAME_RATE = 50  # EnCodec frames per second of audio
-CODEBOOK_DELAY = 3  # 4 codebooks, each one step behind the previous (see worker/engine/generate_engine.py)
+CODEBOOK_DELAY = 3  # 4 codebooks, each one step behind the previous (see worker/engine/delay.py)
 TOP_K = 250
 CFG_COEF = 3.0
 

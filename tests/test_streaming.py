@@ -69,6 +69,44 @@ def test_a_failing_listener_stops_streaming_but_not_generation(engine):
     assert result.audio.shape[1] == 6 * 32000
 
 
+class _Listener:
+    """An ``on_audio`` with ``wanted()``, as the worker's: chunks are decoded only while it says so."""
+
+    def __init__(self, listen_from_step: int | None):
+        self.listen_from_step = listen_from_step  # None: nobody ever listens
+        self.step = 0
+        self.chunks: list[tuple[int, np.ndarray, int]] = []  # (offset, audio, step it came at)
+
+    def wanted(self) -> bool:
+        return self.listen_from_step is not None and self.step >= self.listen_from_step
+
+    def progress(self, step: int, total: int) -> None:
+        self.step = step
+
+    def __call__(self, audio, offset) -> None:
+        self.chunks.append((offset, audio.copy(), self.step))
+
+
+@pytest.mark.parametrize("listen_from_step", [None, 150])
+def test_chunks_wait_for_a_listener_and_none_is_lost(engine, listen_from_step):
+    prompt = noise(1, 2.0, 32000, seed=6)
+    listener = _Listener(listen_from_step)
+    request = GenerationRequest(prompt, 32000, 9.0, seed=5, on_audio=listener, on_progress=listener.progress)
+    result = engine.generate([request])[0]
+    total = engine.max_new_tokens(350)
+    steps = [step for _, _, step in listener.chunks]
+    if listen_from_step is None:
+        # No decode while generating: everything comes from the final decode, in chunks of the usual size.
+        assert set(steps) == {total}
+        assert len(listener.chunks) >= 6
+    else:
+        # Nothing before someone listens; then one decode catches up on all that was made meanwhile.
+        assert min(steps) >= listen_from_step and len(set(steps)) >= 3
+        assert listener.chunks[0][1].shape[1] > 100 * engine.hop_length
+    joined = _joined([(offset, audio) for offset, audio, _ in listener.chunks])
+    np.testing.assert_allclose(joined, result.audio[:, prompt.shape[1]:], atol=1e-4)
+
+
 def test_window_decode_cost_does_not_grow_with_length():
     """Each chunk decodes at most context + chunk + hold frames, however long the row already is."""
     import torch
