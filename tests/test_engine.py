@@ -162,3 +162,26 @@ def test_continuation_matches_transformers_own_sampling(engine, cfg_coef):
         torch.set_num_threads(threads)
     assert reference.shape == ours.audio.shape
     np.testing.assert_allclose(ours.audio, reference, atol=1e-5)
+
+
+def test_the_apis_longest_prompt_and_a_very_long_text_still_generate(engine):
+    # The API accepts prompts up to 30 s: the first window is then 31 s long (a second of new audio), which the
+    # cache holds. A text that T5 spells one token per character (past the cache's 256 text tokens) is cut.
+    prompt = noise(1, 30.0, 32000, seed=9)
+    text = "\u2603" * 400  # 400 unknown-to-T5 characters
+    (result,) = engine.generate([GenerationRequest(prompt, 32000, 31.0, seed=2, text=text)])
+    assert result.audio.shape == (1, 31 * 32000)
+
+
+def test_closing_an_engine_while_it_runs_finishes_what_it_holds_then_refuses(tiny_model):
+    import threading
+
+    engine = MusicGenEngine(str(tiny_model), device="cpu")
+    started = threading.Event()
+    running = engine.submit(GenerationRequest(noise(1, 1.0, 32000), 32000, 6.0, seed=3,
+                                              on_progress=lambda step, total: started.set()))
+    assert started.wait(60)
+    engine.close()  # while the task decodes
+    assert running.result().audio.shape == (1, 6 * 32000)
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.submit(GenerationRequest(noise(1, 1.0, 32000), 32000, 2.0))

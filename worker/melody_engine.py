@@ -43,6 +43,7 @@ from transformers.audio_utils import chroma_filter_bank
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
 from worker.engine import MusicGenEngine, Plan
+from worker.engine.musicgen import MAX_TEXT_TOKENS
 
 __all__ = ["ChromaExtractor", "MelodyEngine"]
 
@@ -116,7 +117,8 @@ class MelodyEngine(MusicGenEngine):
 
     def _encode_text(self, text: str) -> torch.Tensor:
         """Text states ``(tokens, decoder width)``: T5, then the projection when the widths differ."""
-        tokens = self.tokenizer([text], return_tensors="pt").to(self._torch_device)
+        tokens = self.tokenizer([text], return_tensors="pt", truncation=True,
+                                max_length=MAX_TEXT_TOKENS).to(self._torch_device)
         states = self.model.text_encoder(**tokens).last_hidden_state
         if self.model.text_encoder.config.hidden_size != self.model.decoder.config.hidden_size:
             states = self.model.enc_to_dec_proj(states)

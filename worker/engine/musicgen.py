@@ -66,6 +66,9 @@ TINY_MODEL_PARAMETERS = 50_000_000
 # The cache holds a 30 s window plus one second: a prompt of up to 30 s still gets a first window that adds
 # audio (see worker.engine.windows).
 CACHE_SECONDS = WINDOW_SECONDS + 1.0
+# The text's T5 tokens the cache holds per task; longer texts are cut (the API's 500-character prompts stay
+# well below it, except for text that T5 spells one character per token).
+MAX_TEXT_TOKENS = 256
 
 __all__ = ["MusicGenEngine"]
 
@@ -117,6 +120,7 @@ class MusicGenEngine:
         self.decoder = quantize_decoder(self.model.decoder, quantize, inplace=True) if quantize else self.model.decoder
         self._lock = threading.Lock()
         self._loop: EngineLoop | None = None
+        self._closing = False
 
     def _load_preprocessing(self, model_ref: str) -> None:
         self.processor = AutoProcessor.from_pretrained(model_ref)
@@ -131,7 +135,7 @@ class MusicGenEngine:
 
     @property
     def closed(self) -> bool:
-        return self.model is None
+        return self.model is None or self._closing
 
     def max_new_tokens(self, new_frames: int) -> int:
         """Decoding steps that yield ``new_frames`` complete frames (see the delay pattern)."""
@@ -146,10 +150,11 @@ class MusicGenEngine:
     def loop(self) -> EngineLoop:
         """The scheduler's thread, started on first use (a worker that only loads a model starts none)."""
         with self._lock:
-            if self.model is None:
+            if self.model is None or self._closing:
                 raise RuntimeError(f"engine for {self.model_ref} is closed")
             if self._loop is None:
                 scheduler = Scheduler(self, max_rows=2 * self.max_tasks, max_seconds=CACHE_SECONDS,
+                                      max_text=MAX_TEXT_TOKENS,
                                       decoder=self.decoder, cuda_graphs=self.cuda_graphs)
                 self._loop = EngineLoop(scheduler, name=f"segue-engine-{self.model_ref}"[:60])
             return self._loop
@@ -257,7 +262,8 @@ class MusicGenEngine:
         return torch.stack(codes, dim=1).reshape(self.num_codebooks, -1), scales
 
     def _encode_text(self, text: str) -> torch.Tensor:
-        tokens = self.processor.tokenizer([text], return_tensors="pt").to(self._torch_device)
+        tokens = self.processor.tokenizer([text], return_tensors="pt", truncation=True,
+                                          max_length=MAX_TEXT_TOKENS).to(self._torch_device)
         return self.model.text_encoder(**tokens).last_hidden_state[0]
 
     def _decode(self, codes: torch.Tensor, scales: list) -> np.ndarray:
@@ -280,15 +286,18 @@ class MusicGenEngine:
             torch.cuda.empty_cache()
 
     def close(self) -> None:
-        """Finish what was submitted, then release the model's memory; the engine cannot generate afterwards."""
+        """Finish what was submitted (new submits are refused meanwhile), then release the model's memory;
+        the engine cannot generate afterwards."""
         with self._lock:
-            loop, self._loop = self._loop, None
-            if self.model is None:
+            if self.model is None or self._closing:
                 return
-            self.model = self.decoder = None
-            self.processor = None
+            self._closing = True
+            loop, self._loop = self._loop, None
         if loop is not None:
             loop.close()
+        with self._lock:
+            self.model = self.decoder = None
+            self.processor = None
         self._release_memory()
 
 
