@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from backend.audiofile import AudioInfo, decode_audio_bytes, decode_audio_file, probe_audio_bytes
-from backend.errors import AudioDecodeError
+from backend.core.audiofile import AudioInfo, decode_audio_bytes, decode_audio_file, probe_audio_bytes
+from backend.core.errors import AudioDecodeError
 from tests.media_server import make_click_track, mp3_bytes, wav_bytes
 
 SR = 44100

@@ -12,7 +12,7 @@ from tests.conftest import noise
 from tests.test_engine_batching import mixed_requests
 from worker.engine import GenerationCanceled, GenerationRequest, GenerationResult
 from worker.engine.scheduler import Scheduler
-from worker.windows import WindowedGeneration
+from worker.pipeline.windows import WindowedGeneration
 
 
 def audio_of(outcomes: list) -> list[np.ndarray]:

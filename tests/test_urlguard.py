@@ -2,8 +2,8 @@ import socket
 
 import pytest
 
-from backend.errors import UrlRefused
-from backend.urlguard import check_url_allowed, normalise_media_url
+from backend.core.errors import UrlRefused
+from backend.core.urlguard import check_url_allowed, normalise_media_url
 
 VIDEO = "dQw4w9WgXcQ"
 CANONICAL = f"https://www.youtube.com/watch?v={VIDEO}"

@@ -1,4 +1,4 @@
-"""Results longer than MusicGen's 30 s window (worker.windows), in the engine and through the API."""
+"""Results longer than MusicGen's 30 s window (worker.pipeline.windows), in the engine and through the API."""
 
 import base64
 import io
@@ -9,8 +9,8 @@ import soundfile as sf
 from tests.conftest import noise
 from worker.engine import GenerationRequest
 from worker.jobs import _generate_windowed
-from worker.audio import encode_wav
-from worker.windows import WindowedGeneration
+from worker.pipeline.audio import encode_wav
+from worker.pipeline.windows import WindowedGeneration
 
 
 def test_fifty_seconds_in_three_windows_with_continuous_chunks_and_progress(engine):

@@ -33,8 +33,8 @@ from rq.utils import now
 from rq.job_lifecycle import call_exception_handlers
 from rq.worker.base import WorkerStatus
 
-from backend.errors import SegueError
-from backend.jobqueue import JOB_FUNCTION
+from backend.core.errors import SegueError
+from backend.core.jobqueue import JOB_FUNCTION
 
 from . import jobs, runtime
 from .engine import GenerationCanceled

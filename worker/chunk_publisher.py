@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from backend import chunks
+from backend.core import chunks
 
 
 class ChunkPublisher:

@@ -21,17 +21,18 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from backend import cancellation, chunks, eta, metrics, webhooks
-from backend.clock import utcnow
-from backend.errors import SegueError, TaskFailure
+from backend.core import cancellation, chunks, eta, metrics, webhooks
+from backend.core.clock import utcnow
+from backend.core.errors import SegueError, TaskFailure
 
-from . import audio as audio_ops
-from . import pipeline, runtime
+from . import runtime
+from .pipeline import audio as audio_ops
+from .pipeline import stages as pipeline
 from .chunk_publisher import ChunkPublisher
 from .engine import GenerationCanceled
 from .model_cache import ModelUnavailable
 from .progress_reporter import ProgressReporter
-from .windows import WindowedGeneration
+from .pipeline.windows import WindowedGeneration
 
 log = logging.getLogger(__name__)
 

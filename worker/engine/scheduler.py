@@ -56,7 +56,7 @@ from worker.engine.kv_cache import KVCache
 from worker.engine.step import DecoderStep
 from worker.sampling import SamplingSettings, draw
 from worker.streaming import RowStreamer
-from worker.windows import WINDOW_SECONDS, WindowedGeneration
+from worker.pipeline.windows import WINDOW_SECONDS, WindowedGeneration
 
 log = logging.getLogger(__name__)
 
