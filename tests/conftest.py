@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.dev.embedded import start_mongo, start_redis
 from backend.core.settings import Settings
+from backend.dev.embedded import start_mongo, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SEGUE_TEST_CACHE", ROOT / ".cache" / "test-models"))

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from backend.client import cli
-
-from backend.core import heartbeat
 from backend.api.app import create_app
 from backend.api.auth import key_digest
+from backend.client import cli
 from backend.client.client import SegueAPIError, SegueClient, SegueConnectionError, SegueTaskError, SSEParser
-from backend.dev.embedded import free_port
+from backend.core import heartbeat
 from backend.core.ids import new_task_id
+from backend.dev.embedded import free_port
 from tests.conftest import ROOT, serve_app, wait_for
 from tests.media_server import make_click_track, wav_bytes
 

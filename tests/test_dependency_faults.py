@@ -37,8 +37,8 @@ import pytest
 import requests
 
 from backend.core import heartbeat
-from backend.dev.embedded import free_port, port_open, start_mongo, start_redis, stop_process
 from backend.core.settings import Settings
+from backend.dev.embedded import free_port, port_open, start_mongo, start_redis, stop_process
 from tests.conftest import ROOT, wait_for
 from tests.media_server import make_click_track
 from worker.pipeline.audio import encode_wav

@@ -36,9 +36,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from backend.core import urlguard
 from backend.api.openapi import build_openapi
 from backend.api.routes import docs
+from backend.core import urlguard
 from backend.core.settings import Settings
 
 MAX_EXAMPLES = 25

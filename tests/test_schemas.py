@@ -2,8 +2,8 @@ import base64
 
 import pytest
 
-from backend.core.errors import BadRequest
 from backend.api.schemas import ContinueRequest, GenerateRequest, parse
+from backend.core.errors import BadRequest
 
 MODELS = ("m1", "m2")
 

@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from backend.core import webhooks
 from backend.api.app import create_app
-from backend.dev.embedded import free_port
-from backend.core.ids import new_task_id
+from backend.core import webhooks
 from backend.core.connections import Services
+from backend.core.ids import new_task_id
+from backend.dev.embedded import free_port
 from tests.media_server import make_click_track, wav_bytes
 
 SECRET = "s3cret-for-tests"

@@ -24,9 +24,9 @@ from backend.core.maintenance import prune, reap_orphans, requeue_lost
 from backend.core.settings import Settings
 
 from . import runtime
-from .pipeline import ytdlp_runtime
 from .batching_worker import BatchingWorker
 from .model_cache import ModelUnavailable
+from .pipeline import ytdlp_runtime
 
 log = logging.getLogger("worker")
 

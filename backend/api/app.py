@@ -8,11 +8,10 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from backend.core import audiofile
-
 from backend.api import auth, errorhandlers, ratelimit
 from backend.api.routes import docs, generation, health, live, models, pages, tasks
 from backend.api.routes import metrics as metrics_routes
+from backend.core import audiofile
 from backend.core.connections import Services
 from backend.core.settings import Settings
 

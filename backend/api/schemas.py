@@ -16,9 +16,9 @@ from typing import Annotated, Any, ClassVar, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from backend.api.fieldtypes import (Base64Audio, Boolean, Choice, DurationRange, HttpUrl, Number, Text,
+                                    describe_fields, marker_of)
 from backend.core.errors import BadRequest
-from backend.api.fieldtypes import (Base64Audio, Boolean, Choice, DurationRange, HttpUrl, Number, Text, describe_fields,
-                         marker_of)
 
 MAX_WINDOW_SECONDS = 30.0  # MusicGen's context: the longest prompt
 # Longer results are generated in overlapping 30 s windows (worker.pipeline.windows).

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from backend.client.client import SegueAPIError, SegueClient, SegueConnectionError, SegueClientError, SegueTaskError
+from backend.client.client import SegueAPIError, SegueClient, SegueClientError, SegueConnectionError, SegueTaskError
 
 DEFAULT_SERVER = "http://127.0.0.1:8001"
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.dev.embedded import EmbeddedServer, free_port, port_open, start_mongo, start_redis, stop_process
 from backend.core.settings import Settings
+from backend.dev.embedded import EmbeddedServer, free_port, port_open, start_mongo, start_redis, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 _print_lock = threading.Lock()

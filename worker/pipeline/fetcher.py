@@ -51,8 +51,8 @@ from backend.core.audiofile import decode_audio_file
 from backend.core.errors import AudioDecodeError, FetchError, UrlRefused
 from backend.core.urlguard import check_url_allowed, normalise_media_url
 from worker.pipeline.egress_proxy import EgressPolicy, EgressProxy, EgressRefused
-from worker.pipeline.ytdlp_runtime import ytdlp_options
 from worker.pipeline.ytdlp_refusals import explain_refusal
+from worker.pipeline.ytdlp_runtime import ytdlp_options
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,9 @@ import numpy as np
 
 from backend.core.audiofile import decode_audio_bytes
 from backend.core.errors import TaskFailure
-
+from worker.engine import GenerationRequest, GenerationResult
 from worker.pipeline import audio as audio_ops
 from worker.pipeline.bars import target_length
-from worker.engine import GenerationRequest, GenerationResult
 from worker.pipeline.fetcher import fetch_section
 from worker.pipeline.tempo import detect_bpm
 

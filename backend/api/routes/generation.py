@@ -3,7 +3,6 @@
 from flask import Blueprint, jsonify
 
 from backend.api import schemas
-
 from backend.api import services as svc
 from backend.api.context import services
 from backend.api.routes.request_body import json_body

@@ -16,16 +16,16 @@ import logging
 import struct
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 from pymongo.errors import PyMongoError
 
 from backend.api import streamcap
 from backend.api.auth import current_owner
-from backend.api.errors import TooManyRequests
-from backend.core.chunks import DTYPE
 from backend.api.context import services
-from backend.core.errors import BadRequest
+from backend.api.errors import TooManyRequests
 from backend.api.hub import hub_of
+from backend.core.chunks import DTYPE
+from backend.core.errors import BadRequest
 from backend.core.view import load_task
 
 log = logging.getLogger(__name__)
