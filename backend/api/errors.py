@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.core.errors import SegueError
+from backend.core.errors import RetryLater, SegueError
 
 
 class Unauthorized(SegueError):
@@ -17,11 +17,7 @@ class Forbidden(SegueError):
     code = "forbidden"
 
 
-class TooManyRequests(SegueError):
-    """Rate limited, or too many tasks queued or streams open; ``retry_after`` is in seconds."""
+class TooManyRequests(RetryLater):
+    """Rate limited, or too many tasks queued or streams open."""
 
     code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None):
-        super().__init__(message, code=code)
-        self.retry_after = max(1, int(retry_after))

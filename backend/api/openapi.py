@@ -129,8 +129,8 @@ def _task_get(operation_id: str, summary: str, ref: str, description: str) -> di
             "summary": summary,
             "description": description,
             "tags": ["tasks"],
-            "responses": {"200": json_ref(ref, summary), "404": error_ref("NotFound"), "429": error_ref("TooManyRequests"),
-                          "503": error_ref("Unavailable")},
+            "responses": {"200": json_ref(ref, summary), "404": error_ref("NotFound"),
+                          "429": error_ref("TooManyRequests"), "503": error_ref("Unavailable")},
         },
     }
 

@@ -19,12 +19,9 @@ from pydantic_core import PydanticCustomError
 from backend.api.fieldtypes import (Base64Audio, Boolean, Choice, DurationRange, HttpUrl, Number, Text,
                                     describe_fields, marker_of)
 from backend.core.errors import BadRequest
+from backend.core.tasks import MAX_SEED, MAX_TOTAL_SECONDS, WINDOW_SECONDS
 
-MAX_WINDOW_SECONDS = 30.0  # MusicGen's context: the longest prompt
-# Longer results are generated in overlapping 30 s windows (worker.pipeline.windows).
-MAX_TOTAL_SECONDS = 120.0
 MAX_PROMPT_TEXT = 500
-MAX_SEED = 2**63 - 1
 MAX_URL = 2048
 
 
@@ -103,7 +100,7 @@ class GenerateRequest(RequestModel, _Sampling):
         examples=["https://www.youtube.com/watch?v=dQw4w9WgXcQ"])
     currentTime: Annotated[float, Number(0.0, 86400.0)] = Field(
         0.0, description="Where the prompt starts, seconds.", examples=[42])
-    promptLength: Annotated[float, Number(1.0, MAX_WINDOW_SECONDS)] = Field(
+    promptLength: Annotated[float, Number(1.0, WINDOW_SECONDS)] = Field(
         6.0, description="Prompt length, seconds.", examples=["6"])
     # The default is written as clients write it and parsed like their values (validate_default).
     duration: Annotated[tuple[float, float], DurationRange(1.0, MAX_TOTAL_SECONDS)] = Field(
@@ -127,10 +124,10 @@ class ContinueRequest(RequestModel, _Sampling):
         description="The clip to extend (WAV, MP3, OGG or FLAC; any rate; mono or stereo), base64.")
     task_id: Annotated[str | None, Text(128)] = Field(
         None, description="The task this clip came from (stored as parent_task_id).")
-    prompt_duration: Annotated[float, Number(1.0, MAX_WINDOW_SECONDS)] = Field(
+    prompt_duration: Annotated[float, Number(1.0, WINDOW_SECONDS)] = Field(
         6.0, description="The last this-many seconds of `audio` are the prompt.", examples=["6"])
     duration: Annotated[float, Number(1.0, MAX_TOTAL_SECONDS)] = Field(
-        MAX_WINDOW_SECONDS, description="Seconds generated, prompt included; the clip grows by duration - "
+        WINDOW_SECONDS, description="Seconds generated, prompt included; the clip grows by duration - "
         "prompt_duration. Beyond 30 s it is generated in overlapping 30 s windows.", examples=[30])
 
     def cross_check(self) -> None:

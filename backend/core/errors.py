@@ -46,14 +46,18 @@ class ServiceUnavailable(SegueError):
     code = "service_unavailable"
 
 
-class Busy(ServiceUnavailable):
-    """A bounded resource (ffmpeg slots) stayed taken for the whole wait; the client should retry."""
-
-    code = "busy"
+class RetryLater(SegueError):
+    """Refused for now; the same request may succeed ``retry_after`` seconds (at least 1) from now."""
 
     def __init__(self, message: str, *, retry_after: int, code: str | None = None):
         super().__init__(message, code=code)
         self.retry_after = max(1, int(retry_after))
+
+
+class Busy(ServiceUnavailable, RetryLater):
+    """A bounded resource (ffmpeg slots) stayed taken for the whole wait; the client should retry."""
+
+    code = "busy"
 
 
 class UrlRefused(BadRequest):

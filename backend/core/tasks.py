@@ -2,7 +2,8 @@
 
 A task is ``queued`` until a worker claims it, ``processing`` while it runs and
 ends exactly once as ``completed``, ``failed`` or ``canceled``. Results are
-stored in one of two formats, each with one content type.
+stored in one of two formats, each with one content type. The limits on a
+task's lengths and seed are here too.
 """
 
 from __future__ import annotations
@@ -27,3 +28,11 @@ ACTIVE_STATUSES: tuple[str, ...] = (TaskStatus.queued.value, TaskStatus.processi
 
 #: Result formats (``output_format``) and the content type each is stored and served with.
 CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
+
+# Limits: the API refuses requests past them and the worker relies on them.
+#: MusicGen's context: the longest prompt, and what one generation window covers.
+WINDOW_SECONDS = 30.0
+#: The longest result; past one window it is generated window by window (``worker.pipeline.windows``).
+MAX_TOTAL_SECONDS = 120.0
+#: Seeds are stored and handed to torch as signed 64-bit integers.
+MAX_SEED = 2**63 - 1

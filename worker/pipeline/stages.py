@@ -25,6 +25,7 @@ import numpy as np
 
 from backend.core.audiofile import decode_audio_bytes
 from backend.core.errors import TaskFailure
+from backend.core.tasks import MAX_TOTAL_SECONDS, WINDOW_SECONDS
 from worker.engine import GenerationRequest, GenerationResult
 from worker.pipeline import audio as audio_ops
 from worker.pipeline.bars import target_length
@@ -33,10 +34,6 @@ from worker.pipeline.tempo import detect_bpm
 
 # Tempo estimates need more than a short prompt: download at least this much.
 TEMPO_WINDOW_SECONDS = 15.0
-# A /continue generates one MusicGen window unless it asks for more.
-MODEL_WINDOW_SECONDS = 30.0
-# Longest result; past MODEL_WINDOW_SECONDS it is generated window by window (worker.pipeline.windows).
-MAX_TOTAL_SECONDS = 120.0
 MIN_PROMPT_SECONDS = 1.0
 
 
@@ -111,5 +108,6 @@ def prepare_continue(request: dict, clip_bytes: bytes) -> Prepared:
         return Outcome(np.concatenate([head, generated], axis=1).astype(np.float32), sr, seed,
                        prompt_seconds=prompt_seconds)
 
-    window = float(request.get("duration") or MODEL_WINDOW_SECONDS)
+    # A /continue generates one MusicGen window unless it asks for more.
+    window = float(request.get("duration") or WINDOW_SECONDS)
     return Prepared(_generation_request(request, prompt, sr, window, seed), finish)
