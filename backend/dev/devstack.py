@@ -24,7 +24,7 @@ from pathlib import Path
 from backend.core.settings import Settings
 from backend.dev.embedded import EmbeddedServer, free_port, port_open, start_mongo, start_redis, stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _print_lock = threading.Lock()
 
 
