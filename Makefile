@@ -8,7 +8,7 @@ bootstrap:
 	@bash scripts/bootstrap.sh
 
 run: bootstrap
-	@exec $(PY) -m backend.devstack
+	@exec $(PY) -m backend.dev.devstack
 
 # The browser tests drive Debian's Chromium: `make test` has bootstrap install it; `make run` never needs it.
 test: export SEGUE_BOOTSTRAP_BROWSER = 1
@@ -24,7 +24,7 @@ test-node:
 	cd extension && npm test
 
 maintain: bootstrap
-	$(PY) -m backend.maintenance
+	$(PY) -m backend.core.maintenance
 
 # Throughput benchmark (not a test): baseline vs Segue vs raw model.generate.
 bench: bootstrap
@@ -48,4 +48,4 @@ load: bootstrap
 # YouTube breaks old yt-dlp releases within weeks: upgrade yt-dlp and its solver scripts in place (safe to repeat).
 update-ytdlp: bootstrap
 	$(PY) -m pip install -q --upgrade 'yt-dlp[default]' yt-dlp-ejs deno
-	@$(PY) -c "from worker.ytdlp_runtime import report; print(report())"
+	@$(PY) -c "from worker.pipeline.ytdlp_runtime import report; print(report())"

@@ -7,7 +7,7 @@ cores anything running beside a measurement would distort it):
 2. ``baseline``, the old design: a forking RQ worker loading the model inside
    each of 8 jobs, run one after another;
 3. Segue end to end through API, queue and worker (``python -m
-   backend.devstack``), float32: one task at a time (``single``), then 8
+   backend.dev.devstack``), float32: one task at a time (``single``), then 8
    concurrent tasks (``batched``), then a 10 s continuation followed live;
 4. Segue end to end with ``SEGUE_QUANTIZE=int8``: 8 concurrent tasks
    (``throughput_vs_baseline``: the old design against Segue on a CPU host);
@@ -153,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Workload(args.prompt_seconds, args.new_seconds)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
 
-    from backend.settings import Settings
+    from backend.core.settings import Settings
 
     from . import baseline_job, raw
 
     if args.model.resolve() == DEFAULT_MODEL:
-        from worker.random_model import build_small_arch_musicgen
+        from worker.testing.random_model import build_small_arch_musicgen
 
         log(f"model: building or reusing {DEFAULT_MODEL}")
         build_small_arch_musicgen(DEFAULT_MODEL)

@@ -40,7 +40,7 @@ def measure(model_path: Path, work, *, jobs: int, threads: int, data_dir: Path, 
     from redis import Redis
     from rq import Queue
 
-    from backend.embedded import start_redis
+    from backend.dev.embedded import start_redis
 
     log_file = open(log_path, "ab")
     redis = start_redis(data_dir / "baseline-redis", persist=False, stdout=log_file)

@@ -251,7 +251,7 @@ def step_figures(args, settler) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.model.resolve() == DEFAULT_MODEL:
-        from worker.random_model import build_small_arch_musicgen
+        from worker.testing.random_model import build_small_arch_musicgen
 
         log(f"model: building or reusing {DEFAULT_MODEL}")
         build_small_arch_musicgen(DEFAULT_MODEL)

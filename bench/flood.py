@@ -1,7 +1,7 @@
 """The listener flood (part of `make load`): many open event streams must not starve the API.
 
 Starts Redis, MongoDB and the API exactly as `make run` does (gunicorn with
-``backend/gunicorn_conf.py``, ``SEGUE_API_WORKERS`` processes, gevent), with no
+``backend/api/gunicorn_conf.py``, ``SEGUE_API_WORKERS`` processes, gevent), with no
 worker, so the tasks listened to stay queued and the streams stay open. It
 submits a few tasks, opens ``--listeners`` ``GET /tasks/<id>/events``
 connections spread over them (loopback only, one selector thread reading them
@@ -239,9 +239,9 @@ def run(listeners: int, seconds: float, tasks: int, api_workers: int, tiny_model
     import redis
     import requests
 
-    from backend.chunks import Chunk, publish
-    from backend.embedded import free_port, start_mongo, start_redis, stop_process
-    from backend.settings import Settings
+    from backend.core.chunks import Chunk, publish
+    from backend.dev.embedded import free_port, start_mongo, start_redis, stop_process
+    from backend.core.settings import Settings
 
     data = Path(tempfile.mkdtemp(prefix="segue-flood-"))
     rds = start_redis(data / "redis", persist=False, stdout=subprocess.DEVNULL)
@@ -254,8 +254,8 @@ def run(listeners: int, seconds: float, tasks: int, api_workers: int, tiny_model
                PYTHONUNBUFFERED="1")
     log_path = data / "gunicorn.log"
     log = open(log_path, "wb")
-    api = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py", "--access-logfile",
-                            "/dev/null", "backend.wsgi:app"], cwd=ROOT, env=env, stdout=log,
+    api = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "backend/api/gunicorn_conf.py", "--access-logfile",
+                            "/dev/null", "backend.api.wsgi:app"], cwd=ROOT, env=env, stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     pool = None
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     model = args.model
     if model is None:
-        from worker.random_model import build_tiny_musicgen
+        from worker.testing.random_model import build_tiny_musicgen
 
         model = str(build_tiny_musicgen(ROOT / ".cache" / "test-models" / "tiny-mono"))
     r = run(args.listeners, args.seconds, args.tasks, args.api_workers, model)

@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build(arch: str, device: torch.device, dtype: torch.dtype):
     from transformers import MusicgenForConditionalGeneration
 
-    from worker import random_model
+    from worker.testing import random_model
 
     config = {"tiny": random_model.tiny_config, "small": random_model.small_arch_config,
               "medium": random_model.medium_arch_config}[arch]()

@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prompt_b64(seconds: float = 2.0) -> str:
     from tests.media_server import make_click_track
-    from worker.audio import encode_wav
+    from worker.pipeline.audio import encode_wav
 
     return base64.b64encode(encode_wav(make_click_track(120.0, seconds, sr=SAMPLE_RATE), SAMPLE_RATE)).decode()
 
@@ -248,13 +248,13 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from backend.settings import Settings
-    from backend.store import connect
+    from backend.core.settings import Settings
+    from backend.core.store import connect
 
     from .segue_stack import SegueStack
 
     if args.model.resolve() == DEFAULT_MODEL.resolve() and not (args.model / "config.json").is_file():
-        from worker.random_model import build_tiny_musicgen
+        from worker.testing.random_model import build_tiny_musicgen
 
         log(f"building the tiny model at {args.model}")
         build_tiny_musicgen(args.model)

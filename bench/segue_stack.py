@@ -1,4 +1,4 @@
-"""Segue end to end: the real stack (``python -m backend.devstack``) and a client.
+"""Segue end to end: the real stack (``python -m backend.dev.devstack``) and a client.
 
 The stack is what ``make run`` starts (embedded Valkey and SecantusDB, the
 sidecar, gunicorn, one worker), so a task's time includes the API,
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from backend.embedded import free_port
+from backend.dev.embedded import free_port
 
 from .workload import Workload
 
@@ -50,7 +50,7 @@ class SegueStack:
         """Start the stack and wait for /health 200 (the worker has loaded the model); returns seconds taken."""
         started = time.perf_counter()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "backend.devstack"], cwd=ROOT, env=self.env,
+            self.process = subprocess.Popen([sys.executable, "-m", "backend.dev.devstack"], cwd=ROOT, env=self.env,
                                             stdout=log, stderr=subprocess.STDOUT)
         deadline = started + timeout
         while time.perf_counter() < deadline:

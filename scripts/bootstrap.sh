@@ -44,7 +44,7 @@ fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[worker,embedded,test]'
+  .venv/bin/python -m pip install -q -e '.[server,worker,embedded,test]'
   touch "$stamp"
 fi
 

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 (cd extension && npm ci --no-audit --no-fund --loglevel=error)
 source=extension/node_modules/eventsource-parser
 version=$(node -p "require('./$source/package.json').version")
-for target in extension/vendor/eventsource-parser backend/static/vendor/eventsource-parser; do
+for target in extension/vendor/eventsource-parser backend/api/static/vendor/eventsource-parser; do
   mkdir -p "$target"
   cp "$source/dist/index.js" "$target/index.js"
   cp "$source/dist/index.js.map" "$target/index.js.map"  # index.js names it; without it devtools log a 404

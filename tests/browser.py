@@ -1,5 +1,5 @@
 """Shared Playwright helpers for the browser tests: Debian's Chromium, pages that record every error, screenshots,
-and one full stack (``python -m backend.devstack`` with the tiny model) shared by every browser test module.
+and one full stack (``python -m backend.dev.devstack`` with the tiny model) shared by every browser test module.
 
 Not a test module. Chromium is Debian's ``/usr/bin/chromium`` (``make test`` installs it); Playwright's own
 browser download (``playwright install``) is never used.

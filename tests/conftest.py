@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.embedded import start_mongo, start_redis
-from backend.settings import Settings
+from backend.core.settings import Settings
+from backend.dev.embedded import start_mongo, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SEGUE_TEST_CACHE", ROOT / ".cache" / "test-models"))
@@ -45,14 +45,14 @@ def mongo_server():
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from worker.random_model import build_tiny_musicgen
+    from worker.testing.random_model import build_tiny_musicgen
 
     return build_tiny_musicgen(CACHE / "tiny-mono")
 
 
 @pytest.fixture(scope="session")
 def tiny_stereo_model() -> Path:
-    from worker.random_model import build_tiny_musicgen
+    from worker.testing.random_model import build_tiny_musicgen
 
     return build_tiny_musicgen(CACHE / "tiny-stereo", stereo=True)
 
@@ -85,7 +85,7 @@ def noise(channels: int, seconds: float, sample_rate: int, seed: int = 0):
 @pytest.fixture(scope="session")
 def media_server():
     from tests.media_server import MediaServer, make_click_track
-    from worker.audio import encode_mp3, encode_wav
+    from worker.pipeline.audio import encode_mp3, encode_wav
 
     with MediaServer() as server:
         for bpm in (100, 120, 128):
@@ -112,7 +112,7 @@ def settings(redis_server, mongo_server, tiny_model, tmp_path) -> Settings:
 
 @pytest.fixture
 def app(settings):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     app = create_app(settings=settings)
     app.config["TESTING"] = True

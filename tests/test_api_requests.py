@@ -5,7 +5,7 @@ import base64
 import pytest
 
 from tests.media_server import make_click_track
-from worker.audio import encode_wav
+from worker.pipeline.audio import encode_wav
 
 
 def wav_b64(seconds=8.0, sr=44100, channels=2):
@@ -102,7 +102,7 @@ def test_bad_generate_fields_store_nothing(client, services):
 
 
 def test_private_urls_refused_unless_allowed(app, settings, media_server):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     strict = create_app(settings=settings.with_(allow_private_urls=False)).test_client()
     response = strict.post("/generate", json={"url": media_server.url("/click120.wav")})
@@ -112,7 +112,7 @@ def test_private_urls_refused_unless_allowed(app, settings, media_server):
 
 
 def test_oversized_body_is_413(settings):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     small = create_app(settings=settings.with_(max_body_mb=0.01)).test_client()
     response = small.post("/continue", json={"audio": "A" * 20000})

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from backend.audiofile import decode_audio_bytes
+from backend.core.audiofile import decode_audio_bytes
 from tests.media_server import make_click_track
-from worker.audio import encode_mp3, encode_wav, match_channels, prevent_clipping, resample, seconds
+from worker.pipeline.audio import encode_mp3, encode_wav, match_channels, prevent_clipping, resample, seconds
 
 
 def _sine(freq, sr, secs, channels=1, amplitude=0.5):

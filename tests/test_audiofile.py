@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from backend.audiofile import AudioInfo, decode_audio_bytes, decode_audio_file, probe_audio_bytes
-from backend.errors import AudioDecodeError
+from backend.api.errorhandlers import status_of
+from backend.core.audiofile import AudioInfo, decode_audio_bytes, decode_audio_file, probe_audio_bytes
+from backend.core.errors import AudioDecodeError
 from tests.media_server import make_click_track, mp3_bytes, wav_bytes
 
 SR = 44100
@@ -74,7 +75,7 @@ def test_garbage_is_refused_with_a_reason(data, words):
     with pytest.raises(AudioDecodeError) as raised:
         decode_audio_bytes(data)
     assert words in raised.value.message
-    assert raised.value.status == 400
+    assert status_of(raised.value)[0] == 400
 
 
 def test_wav_without_samples_is_refused():

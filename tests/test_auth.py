@@ -4,9 +4,9 @@ import hashlib
 
 import pytest
 
-from backend import auth
-from backend.app import create_app
-from backend.settings import Settings
+from backend.api import auth
+from backend.api.app import create_app
+from backend.core.settings import Settings
 
 KEY = "segue-test-key-8c1f5e0d9b2a4f7e"
 OTHER_KEY = "segue-other-key-1d2c3b4a"

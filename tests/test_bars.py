@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from worker.bars import FRAME_SECONDS, bar_seconds, target_length
+from worker.pipeline.bars import FRAME_SECONDS, bar_seconds, target_length
 
 
 @pytest.mark.parametrize("bpm, beats, expected", [

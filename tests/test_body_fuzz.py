@@ -17,7 +17,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings, strategies as st
 
-from backend.routes.request_body import MAX_DEPTH
+from backend.api.routes.request_body import MAX_DEPTH
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 CONTENT_TYPES = (None, "application/json", "text/plain", "application/x-www-form-urlencoded",
@@ -52,7 +52,7 @@ HOSTILE_QUERIES = ["audio=%ff", "audio=2", "audio=" + "1" * 5_000, "audio", "%ff
 
 @pytest.fixture
 def fuzz_app(settings):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     # No rate limits or queued-task cap: they would turn cases into 429s before the body is read.
     app = create_app(settings=settings.with_(rate_limit="off", read_rate_limit="off", max_queued_per_key=0,

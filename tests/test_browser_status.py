@@ -3,7 +3,7 @@ shown in red against an API with no worker and no sidecar, refreshing by itself;
 
 from __future__ import annotations
 
-from backend.embedded import free_port
+from backend.dev.embedded import free_port
 from tests.browser import (PHONE, WALL, browser, full_stack, horizontal_overflow, open_page,  # noqa: F401
                            screenshot)
 from tests.conftest import serve_app
@@ -30,7 +30,7 @@ def test_status_page_shows_every_part_live_and_refreshes(browser, full_stack):
     assert "tiny-mono" in page.inner_text("#models")
     rows = page.locator("#workers tr")
     assert rows.count() == 1 and "cpu" in rows.first.inner_text()
-    from worker.ytdlp_runtime import report
+    from worker.pipeline.ytdlp_runtime import report
 
     ytdlp = report()
     assert f"{ytdlp['yt_dlp']} · {ytdlp['js_runtime']}" in rows.first.inner_text()  # what the worker's yt-dlp detects
@@ -53,7 +53,7 @@ def test_status_page_shows_every_part_live_and_refreshes(browser, full_stack):
 
 def test_status_page_shows_parts_that_are_down(browser, settings):
     """No worker heartbeats (PyTorch down, so /health answers 503 with its report) and no sidecar listening."""
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     app = create_app(settings=settings.with_(express_port=free_port()))
     with serve_app(app) as base:
@@ -81,8 +81,8 @@ def test_status_page_shows_a_model_that_failed_to_load(browser, settings):
     """A live worker whose default model could not be loaded: every part answers, the page says why it is down."""
     import time
 
-    from backend import heartbeat
-    from backend.app import create_app
+    from backend.core import heartbeat
+    from backend.api.app import create_app
 
     app = create_app(settings=settings.with_(express_port=free_port()))
     services = app.extensions["segue"]

@@ -254,7 +254,7 @@ def test_every_error_is_shown_in_words(browser, full_stack, media_server):
 
 
 def test_api_key_field_when_keys_are_on(browser, settings):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     key = "browser-test-key"
     app = create_app(settings=settings.with_(api_keys=(hashlib.sha256(key.encode()).hexdigest(),)))

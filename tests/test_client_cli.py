@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from backend import cli, heartbeat
-from backend.app import create_app
-from backend.auth import key_digest
-from backend.client import SegueAPIError, SegueClient, SegueConnectionError, SegueTaskError, SSEParser
-from backend.embedded import free_port
-from backend.ids import new_task_id
+from backend.api.app import create_app
+from backend.api.auth import key_digest
+from backend.client import cli
+from backend.client.client import SegueAPIError, SegueClient, SegueConnectionError, SegueTaskError, SSEParser
+from backend.core import heartbeat
+from backend.core.ids import new_task_id
+from backend.dev.embedded import free_port
 from tests.conftest import ROOT, serve_app, wait_for
 from tests.media_server import make_click_track, wav_bytes
 
@@ -76,7 +77,7 @@ def test_cli_draws_its_progress_bar_on_a_terminal(api, app, services, run_worker
     out = tmp_path / "out.wav"
     master, slave = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "--server", api, "generate", media_server.url("/click120.wav"),
+        [sys.executable, "-m", "backend.client.cli", "--server", api, "generate", media_server.url("/click120.wav"),
          "--at", "3", "--prompt-length", "4", "--duration", "8-10", "--seed", "7", "-o", str(out)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, cwd=ROOT)
     os.close(slave)
@@ -337,15 +338,15 @@ def test_convert_checkpoint_arguments_are_handed_over_untouched():
 
 
 def test_cli_and_client_never_import_torch_or_flask():
-    code = ("import sys, backend.cli as c; c.main(['--server', 'http://127.0.0.1:9', 'health']); "
+    code = ("import sys, backend.client.cli as c; c.main(['--server', 'http://127.0.0.1:9', 'health']); "
             "print(sorted(m for m in ('torch', 'flask', 'pymongo') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
 
 
 def test_client_builds_requests_with_the_servers_models():
-    from backend import schemas
-    from backend.client import SegueInvalidRequest, request_body
+    from backend.api import schemas
+    from backend.client.client import SegueInvalidRequest, request_body
 
     body = request_body(schemas.GenerateRequest, {"url": "https://youtu.be/dQw4w9WgXcQ?t=4", "currentTime": 1,
                                                   "promptLength": 6, "duration": "16-18", "model": None,

@@ -36,12 +36,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend import heartbeat
-from backend.embedded import free_port, port_open, start_mongo, start_redis, stop_process
-from backend.settings import Settings
+from backend.core import heartbeat
+from backend.core.settings import Settings
+from backend.dev.embedded import free_port, port_open, start_mongo, start_redis, stop_process
 from tests.conftest import ROOT, wait_for
 from tests.media_server import make_click_track
-from worker.audio import encode_wav
+from worker.pipeline.audio import encode_wav
 
 # A dependency outage must turn into an answer, not a hung request. Generous bounds, not speed tests: an
 # unbounded wait would be pymongo's 30 s default server selection or the client's 60 s read timeout.
@@ -68,7 +68,7 @@ class FlaskApi:
     name = "flask"
 
     def __init__(self, settings: Settings):
-        from backend.app import create_app
+        from backend.api.app import create_app
 
         self.app = create_app(settings=settings)
         self.app.config["TESTING"] = True
@@ -100,7 +100,7 @@ class GunicornApi:
         self.base = f"http://127.0.0.1:{port}"
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py", "backend.wsgi:app"],
+                [sys.executable, "-m", "gunicorn", "-c", "backend/api/gunicorn_conf.py", "backend.api.wsgi:app"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_for(lambda: self.process.poll() is not None or self._pings(), timeout=30, interval=0.1,
@@ -235,9 +235,9 @@ def wait_until_accepting(api, media_url: str) -> float:
 
 def insert_completed_task(deps) -> str:
     """A finished task with its result in GridFS, as a worker leaves it."""
-    from backend.clock import utcnow
-    from backend.ids import new_task_id
-    from backend.store import TaskStore
+    from backend.core.clock import utcnow
+    from backend.core.ids import new_task_id
+    from backend.core.store import TaskStore
 
     client, db = mongo_db(deps)
     store = TaskStore(db, 86400)

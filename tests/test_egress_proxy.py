@@ -13,10 +13,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from backend.errors import FetchError
+from backend.core.errors import FetchError
 from tests.media_server import MediaServer, make_click_track, make_noise_track, wav_bytes
-from worker.egress_proxy import REFUSED_HEADER, EgressPolicy, EgressProxy
-from worker.fetcher import fetch_section, probe_remote_duration
+from worker.pipeline.egress_proxy import REFUSED_HEADER, EgressPolicy, EgressProxy
+from worker.pipeline.fetcher import fetch_section, probe_remote_duration
 
 SR = 44100
 PUBLIC_ADDRESS = "127.0.0.2"
@@ -222,7 +222,7 @@ def test_connect_through_the_upstream_names_the_checked_address(public, noise, u
 
 
 def test_upstream_proxy_url_parsing():
-    from worker.egress_proxy import Upstream
+    from worker.pipeline.egress_proxy import Upstream
 
     plain = Upstream.parse("http://proxy.example:3128")
     assert (plain.host, plain.port, plain.authorization) == ("proxy.example", 3128, None)

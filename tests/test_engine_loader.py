@@ -10,7 +10,7 @@ from tests.conftest import CACHE, noise
 from worker.engine import GenerationRequest, MusicGenEngine
 from worker.engine_loader import load_engine, model_type
 from worker.melody_engine import MelodyEngine
-from worker.random_model_melody import build_tiny_melody
+from worker.testing.random_model_melody import build_tiny_melody
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The Chrome extension (extension/), loaded unpacked into Debian's headless Chromium, against the real stack.
 
 Chromium 156's headless mode loads unpacked Manifest V3 extensions (service worker, content scripts, extension
-pages), so the extension runs here exactly as it ships. The stack is ``python -m backend.devstack`` with the tiny
+pages), so the extension runs here exactly as it ships. The stack is ``python -m backend.dev.devstack`` with the tiny
 model and API keys switched on, so every call the extension makes must carry the key set in its options page.
 
 Two honest limits of an offline test machine shape what is asserted:

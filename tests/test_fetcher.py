@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from backend.errors import FetchError
+from backend.core.errors import FetchError
 from tests.media_server import MediaServer, make_noise_track, mp3_bytes, wav_bytes
-from worker.fetcher import describe_ytdlp_error, fetch_section
+from worker.pipeline.fetcher import describe_ytdlp_error, fetch_section
 
 SR = 44100
 LENGTH_S = 20.0

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from backend import audiofile
+from backend.core import audiofile
 from tests.conftest import wait_for
 from tests.media_server import make_click_track, wav_bytes
 
@@ -64,7 +64,7 @@ class HeldSlot:
 
 @pytest.fixture
 def capped(settings):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     def make(limit: int, wait: float):
         app = create_app(settings=settings.with_(ffmpeg_max_concurrent=limit, ffmpeg_wait_seconds=wait))

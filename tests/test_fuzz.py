@@ -36,10 +36,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from backend import urlguard
-from backend.openapi import build_openapi
-from backend.routes import docs
-from backend.settings import Settings
+from backend.api.openapi import build_openapi
+from backend.api.routes import docs
+from backend.core import urlguard
+from backend.core.settings import Settings
 
 MAX_EXAMPLES = 25
 PUBLIC_ADDRESS = ipaddress.ip_address("93.184.215.14")  # any global address; nothing connects to it
@@ -85,7 +85,7 @@ CHECKS = [no_server_error, error_body_check, status_code_conformance, content_ty
 
 
 class _Resolver:
-    """Stand-in for the socket module inside backend.urlguard: numeric hosts and localhost only."""
+    """Stand-in for the socket module inside backend.core.urlguard: numeric hosts and localhost only."""
 
     SOCK_STREAM = socket.SOCK_STREAM
     gaierror = socket.gaierror
@@ -136,7 +136,7 @@ def _queued_task(app, *, ended: bool = False) -> str:
 @pytest.fixture
 def fuzz_app(settings, monkeypatch):
     """The test app with the tiny model, the SSRF guard on (allow_private_urls=False) and the docs routes."""
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     # No rate limits or queued-task cap (when this Settings has them): they would turn fuzz cases into 429s.
     known = {f.name for f in dataclasses.fields(settings)}
@@ -144,7 +144,7 @@ def fuzz_app(settings, monkeypatch):
                if k in known}
     strict = create_app(settings=settings.with_(allow_private_urls=False, **relaxed))
     strict.config["TESTING"] = True
-    if "docs" not in strict.blueprints:  # until backend/app.py registers it
+    if "docs" not in strict.blueprints:  # until backend/api/app.py registers it
         strict.register_blueprint(docs.bp)
     resolver = _Resolver()
     monkeypatch.setattr(urlguard, "socket", types.SimpleNamespace(

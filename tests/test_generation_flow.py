@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from backend.audiofile import decode_audio_bytes
+from backend.core.audiofile import decode_audio_bytes
 from tests.media_server import make_click_track
-from worker.audio import encode_wav
-from worker.bars import target_length
+from worker.pipeline.audio import encode_wav
+from worker.pipeline.bars import target_length
 
 
 def submit(client, path, body):
@@ -214,7 +214,7 @@ def test_worker_refuses_private_urls_when_not_allowed(client, services, run_work
 
 
 def test_stereo_model_folder_gives_two_channels(settings, tiny_model, tiny_stereo_model, run_worker, media_server):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     stereo = settings.with_(models=(str(tiny_model), str(tiny_stereo_model)))
     client = create_app(settings=stereo).test_client()

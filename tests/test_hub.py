@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from backend.chunks import Chunk, publish
-from backend.hub import Hub
+from backend.api.hub import Hub
+from backend.core.chunks import Chunk, publish
 from tests.conftest import wait_for
 from tests.test_fuzz import REAL_AUDIO
 

@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import soundfile as sf
 
-from backend import cancellation
+from backend.core import cancellation
 from tests.conftest import noise, wait_for
-from worker.audio import encode_wav
+from worker.pipeline.audio import encode_wav
 
 
 def parse_sse(text: str) -> list[tuple[str, dict | None]]:
@@ -146,7 +146,7 @@ def test_audio_download_headers(client, run_worker, media_server):
 
 
 def test_models_lists_the_configured_folders(settings, tiny_model, tiny_stereo_model):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     app = create_app(settings=settings.with_(models=(str(tiny_model), str(tiny_stereo_model)),
                                              model_descriptions=((str(tiny_stereo_model), "wide pads"),)))
@@ -158,7 +158,7 @@ def test_models_lists_the_configured_folders(settings, tiny_model, tiny_stereo_m
 
 
 def test_model_default_description_conditions_requests_without_prompt(settings, tiny_model, media_server):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     app = create_app(settings=settings.with_(model_descriptions=((str(tiny_model), "lofi keys"),)))
     c = app.test_client()
@@ -248,7 +248,7 @@ def test_continue_streams_too(client, run_worker):
 
 
 def test_a_stream_past_its_time_limit_ends_with_a_non_final_timeout(client, services, media_server):
-    from backend import live
+    from backend.api import live
 
     task_id = submit(client, media_server)  # no worker: it stays queued
     events = list(live.follow(services, task_id, max_seconds=0.6))

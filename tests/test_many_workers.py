@@ -8,10 +8,10 @@ import sys
 
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from backend import heartbeat
+from backend.core import heartbeat
 from tests.conftest import ROOT, wait_for
 from tests.media_server import make_click_track
-from worker.audio import encode_wav
+from worker.pipeline.audio import encode_wav
 
 
 def start_worker(settings, log_path):

@@ -14,8 +14,8 @@ from transformers.feature_extraction_utils import FeatureExtractionMixin
 from tests.conftest import CACHE, noise
 from worker.engine import GenerationCanceled, GenerationRequest
 from worker.melody_engine import ChromaExtractor, MelodyEngine
-from worker.random_model import RECIPE_FILE
-from worker.random_model_melody import build_tiny_melody
+from worker.testing.random_model import RECIPE_FILE
+from worker.testing.random_model_melody import build_tiny_melody
 
 SR = 32000
 HOP = 640

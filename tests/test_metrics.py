@@ -5,10 +5,10 @@ import base64
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from backend import heartbeat, metrics
-from backend.app import create_app
-from backend.embedded import free_port
-from backend.ids import new_task_id
+from backend.api.app import create_app
+from backend.core import heartbeat, metrics
+from backend.core.ids import new_task_id
+from backend.dev.embedded import free_port
 from tests.media_server import make_click_track, wav_bytes
 
 

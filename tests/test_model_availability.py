@@ -12,11 +12,11 @@ import signal
 
 import pytest
 
-from backend.settings import Settings
+from backend.core.settings import Settings
 from tests.conftest import wait_for
 from tests.media_server import make_click_track
 from tests.test_many_workers import start_worker
-from worker.audio import encode_wav
+from worker.pipeline.audio import encode_wav
 
 WEB_APP_MODELS = ["facebook/musicgen-small", "thepatch/vanya_ai_dnb_0.1"]
 EXTENSION_MODELS = ["facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large",
@@ -32,7 +32,7 @@ def _clip_body(**extra):
 
 
 def test_default_models_offer_every_id_the_real_clients_send(settings):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     defaults = Settings()
     assert defaults.default_model == "facebook/musicgen-small"
@@ -52,7 +52,7 @@ def test_default_models_offer_every_id_the_real_clients_send(settings):
 
 
 def test_an_alias_serves_a_local_folder_under_the_client_id(settings, tiny_model, run_worker):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     aliased = settings.with_(models=(f"facebook/musicgen-small={tiny_model}", f"thepatch/hoenn_lofi={tiny_model}"))
     client = create_app(settings=aliased).test_client()
@@ -90,7 +90,7 @@ def test_worker_offline_without_the_default_model_stays_up_and_says_why(client, 
     log_path = tmp_path / "worker.log"
     worker = start_worker(offline, log_path)
     try:
-        from backend.app import create_app
+        from backend.api.app import create_app
 
         api = create_app(settings=offline).test_client()
 

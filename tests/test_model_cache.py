@@ -10,7 +10,7 @@ import pytest
 
 from worker.engine import MusicGenEngine
 from worker.model_cache import ModelCache
-from worker.random_model import build_tiny_musicgen
+from worker.testing.random_model import build_tiny_musicgen
 
 CACHE = Path(os.environ.get("SEGUE_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "test-models")
 

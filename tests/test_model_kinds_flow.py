@@ -3,12 +3,12 @@
 import base64
 
 from tests.conftest import CACHE, noise
-from worker.audio import encode_wav
-from worker.random_model_melody import build_tiny_melody
+from worker.pipeline.audio import encode_wav
+from worker.testing.random_model_melody import build_tiny_melody
 
 
 def _app(settings, *models):
-    from backend.app import create_app
+    from backend.api.app import create_app
 
     return create_app(settings=settings.with_(models=tuple(str(m) for m in models))).test_client()
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from openapi_spec_validator import validate
 
-from backend import fieldtypes, openapi, responses, schemas
-from backend.routes import docs
-from backend.settings import Settings
+from backend.api import fieldtypes, openapi, responses, schemas
+from backend.api.routes import docs
+from backend.core.settings import Settings
 
 
 @pytest.fixture
 def docs_app(app):
-    if "docs" not in app.blueprints:  # until backend/app.py registers it
+    if "docs" not in app.blueprints:  # until backend/api/app.py registers it
         app.register_blueprint(docs.bp)
     return app
 
@@ -161,7 +161,7 @@ def test_api_keys_are_documented_when_on(settings):
 
 
 def test_the_document_is_built_once_per_process(client):
-    from backend.routes import docs
+    from backend.api.routes import docs
 
     first = client.get("/openapi.json")
     hits = docs._rendered.cache_info().hits

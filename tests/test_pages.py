@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.app import create_app
+from backend.api.app import create_app
 
-STATIC = Path(__file__).resolve().parent.parent / "backend" / "static"
+STATIC = Path(__file__).resolve().parent.parent / "backend" / "api" / "static"
 ASSET = re.compile(r'(?:src|href)="(/static/[^"]+)"')
 IMPORT = re.compile(r'^import .* from "(\./[^"]+)";$', re.M)
 CONFIG = re.compile(r'<script type="application/json" id="segue-config">(.*?)</script>', re.S)

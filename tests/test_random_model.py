@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-from worker import random_model
-from worker.random_model import RECIPE_FILE, build_tiny_musicgen, small_arch_config
+from worker.testing import random_model
+from worker.testing.random_model import RECIPE_FILE, build_tiny_musicgen, small_arch_config
 
 CACHE = Path(os.environ.get("SEGUE_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "test-models")
 

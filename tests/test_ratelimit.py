@@ -4,9 +4,9 @@ import hashlib
 
 import pytest
 
-from backend.app import create_app
-from backend.clock import utcnow
-from backend.settings import Settings
+from backend.api.app import create_app
+from backend.core.clock import utcnow
+from backend.core.settings import Settings
 
 KEY_A = "rate-limit-key-a-0123456789"
 KEY_B = "rate-limit-key-b-9876543210"

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from backend import responses
+from backend.api import responses
 
 
 def test_submit_and_progress():

@@ -2,8 +2,9 @@ import base64
 
 import pytest
 
-from backend.errors import BadRequest
-from backend.schemas import ContinueRequest, GenerateRequest, parse
+from backend.api.errorhandlers import status_of
+from backend.api.schemas import ContinueRequest, GenerateRequest, parse
+from backend.core.errors import BadRequest
 
 MODELS = ("m1", "m2")
 
@@ -57,7 +58,7 @@ def test_generate_rejects_bad_fields(body, fragment):
     with pytest.raises(BadRequest) as caught:
         parse_generate(body)
     assert fragment in caught.value.message
-    assert caught.value.status == 400
+    assert status_of(caught.value)[0] == 400
 
 
 def test_model_not_offered_has_its_own_code():
@@ -125,7 +126,7 @@ def test_null_or_empty_means_the_default_except_for_text(blank):
 def test_refusals_keep_their_codes(body, code):
     with pytest.raises(BadRequest) as caught:
         parse_generate(body)
-    assert caught.value.code == code and caught.value.status == 400
+    assert caught.value.code == code and status_of(caught.value)[0] == 400
 
 
 def test_the_first_field_in_request_order_is_reported():

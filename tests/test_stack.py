@@ -1,6 +1,6 @@
 """The whole stack as `make run` starts it, driven like the gary4web web app.
 
-Starts ``python -m backend.devstack`` (embedded Valkey and SecantusDB, the
+Starts ``python -m backend.dev.devstack`` (embedded Valkey and SecantusDB, the
 express sidecar, gunicorn, one worker) with the tiny model, generates from a
 loopback URL, crops the result with the sidecar, continues it, checks bad
 input and unknown ids, then stops it with SIGTERM and checks that nothing is
@@ -19,8 +19,8 @@ import psutil
 import pytest
 import requests
 
-from backend.audiofile import decode_audio_bytes
-from backend.embedded import free_port, port_open
+from backend.core.audiofile import decode_audio_bytes
+from backend.dev.embedded import free_port, port_open
 from tests.conftest import ROOT, wait_for
 
 
@@ -36,7 +36,7 @@ class Stack:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "backend.devstack"], cwd=ROOT, env=self.env,
+        self.process = subprocess.Popen([sys.executable, "-m", "backend.dev.devstack"], cwd=ROOT, env=self.env,
                                         stdout=log, stderr=subprocess.STDOUT)
 
         def healthy():

@@ -1,6 +1,6 @@
 """Open event streams never starve the API; each caller may hold only so many.
 
-Real gunicorn with the production config (``backend/gunicorn_conf.py``: gevent),
+Real gunicorn with the production config (``backend/api/gunicorn_conf.py``: gevent),
 one worker process, real Redis and MongoDB. The test holds many times more
 ``/events`` and ``/stream`` listeners than a gthread worker would have threads
 (``SEGUE_API_THREADS``) and checks, with generous bounds only (no micro-timings),
@@ -23,8 +23,8 @@ import pytest
 import redis
 import requests
 
-from backend.chunks import Chunk, publish
-from backend.embedded import free_port, stop_process
+from backend.core.chunks import Chunk, publish
+from backend.dev.embedded import free_port, stop_process
 from bench.flood import ListenerPool, wav_base64
 from tests.conftest import ROOT, wait_for
 
@@ -45,8 +45,8 @@ def api(settings, tmp_path):
     env.pop("SEGUE_API_WORKER_CLASS", None)  # the default, as deployed
     log_path = tmp_path / "gunicorn.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "backend/gunicorn_conf.py",
-                                    "--access-logfile", "/dev/null", "backend.wsgi:app"], cwd=ROOT, env=env,
+        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "backend/api/gunicorn_conf.py",
+                                    "--access-logfile", "/dev/null", "backend.api.wsgi:app"], cwd=ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tests.media_server import make_click_track
-from worker.tempo import DEFAULT_BPM, detect_bpm, estimate_bpm, fold_bpm
+from worker.pipeline.tempo import DEFAULT_BPM, detect_bpm, estimate_bpm, fold_bpm
 
 
 @pytest.mark.parametrize("bpm", [90, 120, 140])

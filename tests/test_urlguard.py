@@ -2,8 +2,9 @@ import socket
 
 import pytest
 
-from backend.errors import UrlRefused
-from backend.urlguard import check_url_allowed, normalise_media_url
+from backend.api.errorhandlers import status_of
+from backend.core.errors import UrlRefused
+from backend.core.urlguard import check_url_allowed, normalise_media_url
 
 VIDEO = "dQw4w9WgXcQ"
 CANONICAL = f"https://www.youtube.com/watch?v={VIDEO}"
@@ -66,7 +67,7 @@ def test_bad_urls_are_refused_with_a_sentence(url, words):
     with pytest.raises(UrlRefused) as raised:
         normalise_media_url(url)
     assert words in raised.value.message
-    assert raised.value.status == 400
+    assert status_of(raised.value)[0] == 400
 
 
 def test_non_string_is_refused():

@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from backend import webhooks
-from backend.app import create_app
-from backend.embedded import free_port
-from backend.ids import new_task_id
-from backend.services import Services
+from backend.api.app import create_app
+from backend.core import webhooks
+from backend.core.connections import Services
+from backend.core.ids import new_task_id
+from backend.dev.embedded import free_port
 from tests.media_server import make_click_track, wav_bytes
 
 SECRET = "s3cret-for-tests"
@@ -149,7 +149,7 @@ def test_standard_webhooks_libraries_verify_the_delivery(settings, secret):
 
 
 def test_a_malformed_standard_secret_is_refused_at_start(settings):
-    from backend.settings import Settings
+    from backend.core.settings import Settings
 
     with pytest.raises(ValueError, match="whsec_"):
         Settings.from_env({"SEGUE_WEBHOOK_SECRET": "whsec_"})

@@ -8,7 +8,7 @@ import soundfile as sf
 
 from tests.conftest import noise
 from worker.engine import GenerationRequest
-from worker.audio import encode_wav
+from worker.pipeline.audio import encode_wav
 from worker.engine.windows import WindowedGeneration
 
 

@@ -3,11 +3,11 @@
 import base64
 import signal
 
-from backend import heartbeat
+from backend.core import heartbeat
 from tests.conftest import wait_for
 from tests.media_server import make_click_track
 from tests.test_many_workers import start_worker
-from worker.audio import encode_wav
+from worker.pipeline.audio import encode_wav
 
 
 def _submit_continue(client, seconds=30.0, seed=0):

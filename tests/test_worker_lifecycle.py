@@ -7,12 +7,12 @@ import subprocess
 import sys
 from datetime import timedelta
 
-from backend import audiofile, heartbeat
-from backend.clock import utcnow
-from backend.maintenance import MAX_ATTEMPTS, reap_orphans
+from backend.core import audiofile, heartbeat
+from backend.core.clock import utcnow
+from backend.core.maintenance import MAX_ATTEMPTS, reap_orphans
 from tests.conftest import ROOT, wait_for
 from tests.media_server import make_click_track
-from worker.audio import encode_wav
+from worker.pipeline.audio import encode_wav
 
 
 def _continue_body(seconds=8.0):
@@ -131,8 +131,8 @@ def test_canceled_or_taken_task_is_not_run_twice(client, services, run_worker, m
 def test_api_process_never_imports_torch(settings):
     code = (
         "import sys, json\n"
-        "from backend.settings import Settings\n"
-        "from backend.app import create_app\n"
+        "from backend.core.settings import Settings\n"
+        "from backend.api.app import create_app\n"
         f"app = create_app(settings=Settings(redis_url={settings.redis_url!r}, mongo_url={settings.mongo_url!r}))\n"
         "app.test_client().get('/health')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'librosa'))))\n"
@@ -143,7 +143,7 @@ def test_api_process_never_imports_torch(settings):
 
 
 def test_queued_task_missing_from_the_queue_is_queued_again(client, services, run_worker, media_server):
-    from backend.maintenance import requeue_lost
+    from backend.core.maintenance import requeue_lost
 
     task_id = client.post("/generate", json={"url": media_server.url("/click120.wav"), "duration": "8-10",
                                              "promptLength": 3}).get_json()["task_id"]

@@ -8,7 +8,7 @@ wrapped exactly as in production (``DownloadError`` around the original).
 
 import pytest
 
-from worker.fetcher import describe_ytdlp_error
+from worker.pipeline.fetcher import describe_ytdlp_error
 
 VIDEO = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from backend.ytdlp_age import STALE_AFTER_DAYS, age_days, release_date, stale_warning
+from backend.core.ytdlp_age import STALE_AFTER_DAYS, age_days, release_date, stale_warning
 from tests.media_server import MediaServer
-from worker import ytdlp_runtime
-from worker.fetcher import _options
+from worker.pipeline import ytdlp_runtime
+from worker.pipeline.fetcher import _options
 
 
 class _Lines:
@@ -149,12 +149,12 @@ def test_stale_yt_dlp_warning():
 
 @pytest.mark.parametrize("version", ["2026.08.01"])
 def test_maintenance_warns_about_a_worker_with_an_old_yt_dlp(services, version, caplog):
-    from backend import heartbeat
-    from backend.maintenance import check_ytdlp_age
+    from backend.core import heartbeat
+    from backend.core.maintenance import check_ytdlp_age
 
     heartbeat.write(services.redis, "old-worker", {"yt_dlp": version}, 10)
     try:
-        with caplog.at_level("WARNING", logger="backend.maintenance"):
+        with caplog.at_level("WARNING", logger="backend.core.maintenance"):
             warnings = check_ytdlp_age(services)
     finally:
         heartbeat.remove(services.redis, "old-worker")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import redis
 
-from backend import chunks
+from backend.core import chunks
 
 log = logging.getLogger(__name__)
 LISTENING_CHECK_SECONDS = 0.5

@@ -46,8 +46,8 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker.base import WorkerStatus
 
-from backend.errors import SegueError
-from backend.jobqueue import JOB_FUNCTION
+from backend.core.errors import SegueError
+from backend.core.jobqueue import JOB_FUNCTION
 
 from . import jobs, runtime
 from .engine import GenerationCanceled

@@ -8,8 +8,8 @@ import sys
 
 import redis
 
-from backend import heartbeat
-from backend.settings import Settings
+from backend.core import heartbeat
+from backend.core.settings import Settings
 
 
 def main() -> int:

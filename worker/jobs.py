@@ -32,12 +32,14 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from backend import cancellation, chunks, eta, metrics, webhooks
-from backend.clock import utcnow
-from backend.errors import SegueError, TaskFailure
+from backend.core import cancellation, chunks, eta, metrics, webhooks
+from backend.core.clock import utcnow
+from backend.core.errors import SegueError, TaskFailure
+from backend.core.tasks import CONTENT_TYPES
 
-from . import audio as audio_ops
-from . import pipeline, runtime
+from . import runtime
+from .pipeline import audio as audio_ops
+from .pipeline import stages as pipeline
 from .chunk_publisher import ChunkPublisher
 from .engine import GenerationCanceled, MusicGenEngine
 from .model_cache import ModelUnavailable
@@ -45,7 +47,6 @@ from .progress_reporter import ProgressReporter
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 # Where each stage sits on the 0-100 progress bar.
 PREPARED_AT, GENERATED_AT = 10.0, 96.0
 CANCEL_POLL_SECONDS = 0.25  # how often a running task checks for a cancel request (one Redis EXISTS)

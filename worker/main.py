@@ -19,13 +19,14 @@ import threading
 import time
 
 
-from backend import heartbeat, webhooks
-from backend.maintenance import prune, reap_orphans, requeue_lost
-from backend.settings import Settings
+from backend.core import heartbeat, webhooks
+from backend.core.maintenance import prune, reap_orphans, requeue_lost
+from backend.core.settings import Settings
 
-from . import runtime, ytdlp_runtime
+from . import runtime
 from .continuous_worker import ContinuousWorker
 from .model_cache import ModelUnavailable
+from .pipeline import ytdlp_runtime
 
 log = logging.getLogger("worker")
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # librosa compiles its numba kernels on first use (tens of seconds on a
     # fresh install); do it now rather than inside the first task.
-    from .tempo import warm_up
+    from .pipeline.tempo import warm_up
 
     warm_up()
     # A default model that failed to load is tried again in the background, with back-off.

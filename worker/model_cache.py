@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from backend.errors import TaskFailure
+from backend.core.errors import TaskFailure
 from worker.engine import MusicGenEngine
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from backend.progress import ProgressStore
+from backend.core.progress import ProgressStore
 
 
 class ProgressReporter:

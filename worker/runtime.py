@@ -14,8 +14,8 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
-from backend.services import Services
-from backend.settings import Settings
+from backend.core.connections import Services
+from backend.core.settings import Settings
 
 from .model_cache import ModelCache
 

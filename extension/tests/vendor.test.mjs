@@ -6,12 +6,12 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { followTask } from "../../backend/static/js/tracker.js";
+import { followTask } from "../../backend/api/static/js/tracker.js";
 import { readSse } from "../lib/sse.mjs";
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const PACKAGE = here("../node_modules/eventsource-parser/");
-const COPIES = [here("../vendor/eventsource-parser/"), here("../../backend/static/vendor/eventsource-parser/")];
+const COPIES = [here("../vendor/eventsource-parser/"), here("../../backend/api/static/vendor/eventsource-parser/")];
 
 test("the vendored copies are the pinned eventsource-parser, with its licence", () => {
   const pinned = JSON.parse(readFileSync(here("../package.json"), "utf8")).devDependencies["eventsource-parser"];

@@ -20,13 +20,12 @@ import dataclasses
 
 import numpy as np
 
+from backend.core.tasks import MAX_SEED, WINDOW_SECONDS
 from worker.engine.requests import GenerationRequest, GenerationResult
 
-WINDOW_SECONDS = 30.0
 STRIDE_SECONDS = 18.0  # audiocraft's default extend_stride
 KEEP_SECONDS = WINDOW_SECONDS - STRIDE_SECONDS
 SEED_STEP = 1_000_003  # a prime: window seeds stay distinct for neighbouring task seeds
-MAX_SEED = 2**63 - 1
 
 
 class WindowedGeneration:

@@ -1,9 +1,0 @@
-"""The per-app service handles, reachable from any request."""
-
-from flask import current_app
-
-from .services import Services
-
-
-def services() -> Services:
-    return current_app.extensions["segue"]

@@ -1,0 +1,1 @@
+"""Development only: the ``make run`` supervisor (``devstack``) and the embedded Redis and MongoDB servers."""
