@@ -4,7 +4,11 @@ The graph is built from the source with ``ast`` (nothing is imported): an edge
 ``a -> b`` for every first-party module ``b`` that module ``a`` imports,
 relative imports resolved against ``a``'s package, and ``from pkg import name``
 counted as an import of ``pkg.name`` when that is a module (else of ``pkg``).
-Importing ``pkg.sub`` also runs ``pkg/__init__``, so ``pkg`` gets an edge too.
+Importing ``pkg.sub`` also runs ``pkg/__init__``, so ``pkg`` gets an edge too,
+except from a module inside ``pkg`` itself: Python runs a package's
+``__init__`` before any of its modules, so by the time ``pkg.a`` imports
+``pkg.b`` the package is already there (a package's ``__init__`` re-exporting
+its modules' names is not a cycle).
 
 Two graphs, checked separately:
 
@@ -101,6 +105,7 @@ def import_graph(*, every_import: bool = False, root: Path = ROOT) -> dict[str, 
                 if f"{target}.{alias.name}" in modules:
                     edges.add(f"{target}.{alias.name}")
         edges.discard(name)
+        edges -= {parent for parent in _with_parents(name, modules) if parent != name}  # see the docstring
         graph[name] = edges
     return graph
 

@@ -44,7 +44,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
@@ -57,9 +57,6 @@ from worker.engine.task_state import CANCELED, DONE, FAILED, RUNNING, RowState
 from worker.engine.sampling import SamplingSettings, draw
 from worker.engine.streaming import RowStreamer
 from worker.engine.windows import WINDOW_SECONDS, WindowedGeneration
-
-if TYPE_CHECKING:
-    from worker.engine.musicgen import MusicGenEngine
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +107,12 @@ class Task:
 
 
 class Scheduler:
-    """Continuous batching of one loaded MusicGen (``MusicGenEngine``: model, processor, EnCodec helpers)."""
+    """Continuous batching of one loaded MusicGen.
 
-    def __init__(self, engine: "MusicGenEngine", *, max_rows: int = 16, max_seconds: float = WINDOW_SECONDS,
+    ``engine`` is the ``worker.engine.musicgen.MusicGenEngine`` that owns this scheduler (its model,
+    processor, EnCodec and T5 helpers); not imported here, since the engine imports the scheduler."""
+
+    def __init__(self, engine, *, max_rows: int = 16, max_seconds: float = WINDOW_SECONDS,
                  max_text: int = 256, prefill_chunk: int = 64, decoder=None, static_steps: bool | None = None,
                  cuda_graphs: bool = True, admit_between_batches: bool = False):
         """``decoder``: the ``MusicgenForCausalLM`` to step (default the engine's; ``quantize`` makes others).
