@@ -1,4 +1,4 @@
-"""Hands a task's audio chunks to Redis (``backend.chunks``) as the engine decodes them."""
+"""Hands a task's audio chunks to Redis (``backend.core.chunks``) as the engine decodes them."""
 
 from __future__ import annotations
 

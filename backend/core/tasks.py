@@ -32,7 +32,7 @@ CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 # Limits: the API refuses requests past them and the worker relies on them.
 #: MusicGen's context: the longest prompt, and what one generation window covers.
 WINDOW_SECONDS = 30.0
-#: The longest result; past one window it is generated window by window (``worker.pipeline.windows``).
+#: The longest result; past one window it is generated window by window (``worker.engine.windows``).
 MAX_TOTAL_SECONDS = 120.0
 #: Seeds are stored and handed to torch as signed 64-bit integers.
 MAX_SEED = 2**63 - 1

@@ -19,11 +19,11 @@ positions ``[0, 1 + P)`` as the prompt (prefill), and every decoding step
 the pattern overrides the sample: the first ``max_delay`` steps still take
 the delayed codebooks from the prompt, the last ``max_delay`` steps pad them.
 This is exactly what transformers' ``build_delay_pattern_mask`` and
-``apply_delay_pattern_mask`` do inside ``generate``; ``tests/test_engine_v2``
-checks it against today's engine, token for token.
+``apply_delay_pattern_mask`` do inside ``generate``; ``tests/test_engine_v2_step``
+checks it against transformers' own, token for token.
 
 The output includes the prompt: the engine decodes the prompt's own codes
-followed by the new frames (``new_frames``), as ``generate_engine`` does.
+followed by the new frames (``new_frames``).
 """
 
 from __future__ import annotations

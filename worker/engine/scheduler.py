@@ -13,10 +13,10 @@ Each iteration (``step``) does, in order:
    the task's first draw; from the next iteration it decodes with the others.
 3. **Decode** one position for every decoding task in one batched forward
    pass, each row at its own position, then draw each task's tokens with its
-   own settings and generator (``worker.engine.sampling.draw``, as today's engine
-   does, so a seed means the same audio whether a task runs alone, beside
-   others or joins mid-run). Progress, ``should_stop`` and streaming are per
-   task (``worker.batching.RowState``, ``worker.engine.streaming.RowStreamer``).
+   own settings and generator (``worker.engine.sampling.draw``), so a seed
+   means the same audio whether a task runs alone, beside others or joins
+   mid-run. Progress, ``should_stop`` and streaming are per task
+   (``worker.engine.task_state.RowState``, ``worker.engine.streaming.RowStreamer``).
 4. **Retire** every task that finished (its audio decoded now), was canceled
    or failed, and compact the cache so the rows in use stay leading.
 
@@ -26,7 +26,7 @@ task's rows start with its prefix positions (``Task.offset`` of them,
 prefilled like the prompt) and its token sequence follows.
 
 **Past 30 s.** MusicGen attends over at most 30 s, so a longer request runs
-in windows (``worker.engine.windows.WindowedGeneration``, exactly as today: each
+in windows (``worker.engine.windows.WindowedGeneration``: each
 later window continues the last 12 s with a seed derived from the task's).
 Between windows the task keeps its rows: its next window is prepared and
 prefilled in place (while the others keep decoding) instead of queueing
