@@ -55,7 +55,7 @@ def test_a_bucketed_step_gives_the_dynamic_steps_logits_and_leaves_other_rows_al
                                rtol=0, atol=1e-6)
 
 
-def test_the_scheduler_with_fixed_shape_steps_sounds_as_today(engine):
+def test_the_scheduler_with_fixed_shape_steps_sounds_as_alone(engine):
     scheduler = Scheduler(engine, max_rows=8, max_seconds=4.0, max_text=32, static_steps=True)
     assert scheduler.bucketed is not None and not scheduler.bucketed.capture  # no CUDA here: eager
     requests = mixed_requests()

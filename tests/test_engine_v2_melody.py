@@ -1,4 +1,4 @@
-"""Engine v2's scheduler with a melody model (conditioning prefix, no cross-attention), against today's."""
+"""The scheduler with a melody model (conditioning prefix, no cross-attention): alone, batched, joining."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ def requests() -> list[GenerationRequest]:
     ]
 
 
-def test_melody_tasks_sound_as_today_alone_batched_and_joining(melody):
-    todays = [o.audio for o in melody.generate_each(requests())]
+def test_melody_tasks_sound_as_alone_alone_batched_and_joining(melody):
+    reference = [o.audio for o in melody.generate_each(requests())]
     scheduler = Scheduler(melody, max_rows=6, max_seconds=4.0, max_text=32, prefill_chunk=64)
-    for request, expected in zip(requests(), todays):
+    for request, expected in zip(requests(), reference):
         (alone,) = scheduler.run([request])
         assert isinstance(alone, GenerationResult)
         np.testing.assert_array_equal(alone.audio, expected)
@@ -43,5 +43,5 @@ def test_melody_tasks_sound_as_today_alone_batched_and_joining(melody):
     assert first.phase == "decoding" and first.drawn > 0
     later = [scheduler.submit(r, i) for i, r in enumerate(requests()[1:], start=1)]
     scheduler.run_until_idle()
-    for task, expected in zip([first, *later], todays):
+    for task, expected in zip([first, *later], reference):
         np.testing.assert_array_equal(task.outcome.audio, expected)

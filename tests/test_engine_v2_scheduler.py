@@ -1,4 +1,5 @@
-"""Engine v2's scheduler against today's engine, on a real tiny MusicGen: same seed, same audio."""
+"""The scheduler on a real tiny MusicGen: a seed gives the same audio alone (through the engine), batched,
+joining mid-run, in other cache sizes and across windows."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def audio_of(outcomes: list) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def todays(engine):
-    """Today's engine's audio for each of mixed_requests(), each run alone."""
+def reference(engine):
+    """The audio of each of mixed_requests(), each run alone through the engine (its own loop and cache)."""
     return [audio_of(engine.generate_each([r]))[0] for r in mixed_requests()]
 
 
@@ -31,25 +32,25 @@ def scheduler(engine):
     return Scheduler(engine, max_rows=8, max_seconds=4.0, max_text=32, prefill_chunk=16)
 
 
-def test_alone_each_task_sounds_exactly_as_with_todays_engine(scheduler, todays):
-    for request, expected in zip(mixed_requests(), todays):
+def test_alone_each_task_sounds_exactly_as_through_the_engine(scheduler, reference):
+    for request, expected in zip(mixed_requests(), reference):
         (audio,) = audio_of(scheduler.run([request]))
         assert audio.shape == expected.shape
         np.testing.assert_array_equal(audio, expected)
     assert scheduler.idle and scheduler.rows_in_use == 0
 
 
-def test_batched_tasks_sound_as_they_do_alone(scheduler, todays):
-    # Guided and unguided rows share the batch too (today's engine needs separate calls).
+def test_batched_tasks_sound_as_they_do_alone(scheduler, reference):
+    # Guided and unguided rows share the batch too .
     requests = mixed_requests()
     requests[2].cfg_coef = 1.0
-    expected = list(todays)
+    expected = list(reference)
     expected[2] = audio_of(scheduler.run([dataclasses.replace(requests[2])]))[0]
     for audio, alone in zip(audio_of(scheduler.run(requests)), expected):
         np.testing.assert_array_equal(audio, alone)
 
 
-def test_tasks_joining_mid_run_sound_as_they_do_alone(scheduler, todays):
+def test_tasks_joining_mid_run_sound_as_they_do_alone(scheduler, reference):
     requests = mixed_requests()
     first = [scheduler.submit(r, i) for i, r in enumerate(requests[:2])]
     for _ in range(12):
@@ -59,11 +60,11 @@ def test_tasks_joining_mid_run_sound_as_they_do_alone(scheduler, todays):
     scheduler.step()
     assert scheduler.rows_in_use == 2 + 2 + 2  # a later task holds its rows while it prefills
     scheduler.run_until_idle()
-    for task, alone in zip(first + later, todays):
+    for task, alone in zip(first + later, reference):
         np.testing.assert_array_equal(task.outcome.audio, alone)
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(engine, todays):
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(engine, reference):
     scheduler = Scheduler(engine, max_rows=4, max_seconds=4.0, max_text=32, prefill_chunk=8)
     requests = mixed_requests()
     running = scheduler.submit(requests[0], 0)
@@ -76,22 +77,22 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_keep_decoding(engine,
     # Every prefill iteration also decoded the running task one step.
     assert running.drawn - drawn_before == -(-61 // 8)
     scheduler.run_until_idle()
-    np.testing.assert_array_equal(running.outcome.audio, todays[0])
-    np.testing.assert_array_equal(long_prompt.outcome.audio, todays[1])
+    np.testing.assert_array_equal(running.outcome.audio, reference[0])
+    np.testing.assert_array_equal(long_prompt.outcome.audio, reference[1])
 
 
-def test_a_task_waits_for_free_rows_and_takes_them_when_one_leaves(engine, todays):
+def test_a_task_waits_for_free_rows_and_takes_them_when_one_leaves(engine, reference):
     scheduler = Scheduler(engine, max_rows=4, max_seconds=4.0, max_text=32)
     tasks = [scheduler.submit(r, i) for i, r in enumerate(mixed_requests()[:3])]  # 3 guided tasks, 2 rows each
     scheduler.step()
     scheduler.step()
     assert tasks[2].phase == "waiting" and scheduler.rows_in_use == 4
     scheduler.run_until_idle()
-    for task, alone in zip(tasks, todays):
+    for task, alone in zip(tasks, reference):
         np.testing.assert_array_equal(task.outcome.audio, alone)
 
 
-def test_cancel_frees_the_rows_within_one_step_and_leaves_the_others_unchanged(scheduler, todays):
+def test_cancel_frees_the_rows_within_one_step_and_leaves_the_others_unchanged(scheduler, reference):
     requests = mixed_requests()
     progress: list[int] = []
     requests[2].on_progress = lambda step, total: progress.append(step)
@@ -104,7 +105,7 @@ def test_cancel_frees_the_rows_within_one_step_and_leaves_the_others_unchanged(s
     scheduler.run_until_idle()
     assert isinstance(tasks[2].outcome, GenerationCanceled)
     for i in (0, 1, 3):
-        np.testing.assert_array_equal(tasks[i].outcome.audio, todays[i])
+        np.testing.assert_array_equal(tasks[i].outcome.audio, reference[i])
 
 
 def test_a_task_asking_to_stop_before_it_starts_never_takes_rows(scheduler):
@@ -115,7 +116,7 @@ def test_a_task_asking_to_stop_before_it_starts_never_takes_rows(scheduler):
     assert task.done and isinstance(task.outcome, GenerationCanceled) and scheduler.rows_in_use == 0
 
 
-def test_failures_are_their_own_task_only(scheduler, todays):
+def test_failures_are_their_own_task_only(scheduler, reference):
     requests = mixed_requests()
     requests[1].top_k = 2.5  # passes validation, fails when sampling
 
@@ -130,15 +131,15 @@ def test_failures_are_their_own_task_only(scheduler, todays):
     assert isinstance(outcomes[3], ConnectionError)
     assert isinstance(outcomes[4], ValueError) and "total_seconds" in str(outcomes[4])
     for i in (0, 2):
-        np.testing.assert_array_equal(outcomes[i].audio, todays[i])
+        np.testing.assert_array_equal(outcomes[i].audio, reference[i])
     assert scheduler.rows_in_use == 0
 
 
-def test_a_request_longer_than_the_cache_fails_alone(scheduler, todays):
+def test_a_request_longer_than_the_cache_fails_alone(scheduler, reference):
     requests = [GenerationRequest(noise(1, 1.0, 32000), 32000, 6.0), mixed_requests()[0]]
     outcomes = scheduler.run(requests)
     assert isinstance(outcomes[0], ValueError) and "positions" in str(outcomes[0])
-    np.testing.assert_array_equal(outcomes[1].audio, todays[0])
+    np.testing.assert_array_equal(outcomes[1].audio, reference[0])
 
 
 def test_progress_is_per_task_monotonic_and_reaches_each_total(scheduler):
@@ -153,7 +154,7 @@ def test_progress_is_per_task_monotonic_and_reaches_each_total(scheduler):
         assert row == [(step, total) for step in range(1, total + 1)]
 
 
-def test_streamed_chunks_are_todays_chunks(engine, scheduler):
+def test_streamed_chunks_are_the_engines_chunks(engine, scheduler):
     def collect():
         chunks: list = []
         return chunks, lambda audio, offset: chunks.append((offset, audio.copy()))
@@ -170,7 +171,7 @@ def test_streamed_chunks_are_todays_chunks(engine, scheduler):
     np.testing.assert_array_equal(joined[:, -1000:], result.audio[:, -1000:])
 
 
-def test_stereo_model_alone_batched_and_as_today(stereo_engine):
+def test_stereo_model_alone_batched_and_as_alone(stereo_engine):
     scheduler = Scheduler(stereo_engine, max_rows=6, max_seconds=4.0, max_text=32)
     requests = mixed_requests()[:3]
     batched = audio_of(scheduler.run(requests))
@@ -179,8 +180,8 @@ def test_stereo_model_alone_batched_and_as_today(stereo_engine):
         np.testing.assert_array_equal(audio, audio_of(stereo_engine.generate_each([request]))[0])
 
 
-def todays_windowed(engine, request: GenerationRequest) -> np.ndarray:
-    """Today's way past 30 s (worker.jobs): one generate call per window."""
+def window_by_window(engine, request: GenerationRequest) -> np.ndarray:
+    """Past 30 s window by window, each window a separate request through the engine."""
     windows = WindowedGeneration(request, engine.sample_rate, engine.hop_length)
     while not windows.done:
         (result,) = audio_of(engine.generate_each([windows.next_request()]))
@@ -188,7 +189,7 @@ def todays_windowed(engine, request: GenerationRequest) -> np.ndarray:
     return windows.result().audio
 
 
-def test_past_30_s_a_task_keeps_its_rows_across_windows_and_sounds_as_today(engine):
+def test_past_30_s_a_task_keeps_its_rows_across_windows_and_sounds_as_alone(engine):
     scheduler = Scheduler(engine, max_rows=6, max_text=32, prefill_chunk=128)
     # B's first window ends first (2 s prompt, 28 s new): it prefills its second window in place, in
     # rows 0-1, while A (rows 2-3) keeps decoding its first window.
@@ -210,11 +211,11 @@ def test_past_30_s_a_task_keeps_its_rows_across_windows_and_sounds_as_today(engi
     assert a_task.outcome.audio.shape == (1, 33 * 32000)
     # Progress: one scale for the whole task, monotonic, ending at 100 %.
     assert [p for p, _ in progress] == sorted(p for p, _ in progress) and progress[-1] == (10_000, 10_000)
-    np.testing.assert_array_equal(a_task.outcome.audio, todays_windowed(engine, a))
-    np.testing.assert_array_equal(b_task.outcome.audio, todays_windowed(engine, b))
+    np.testing.assert_array_equal(a_task.outcome.audio, window_by_window(engine, a))
+    np.testing.assert_array_equal(b_task.outcome.audio, window_by_window(engine, b))
 
 
-def test_a_task_that_breaks_the_batched_pass_fails_alone(scheduler, todays):
+def test_a_task_that_breaks_the_batched_pass_fails_alone(scheduler, reference):
     # A poisoned task (a token id outside the embedding, as corrupt state would give) makes the whole
     # batched forward pass raise; each task is then stepped alone and only the poisoned one fails.
     tasks = [scheduler.submit(r, i) for i, r in enumerate(mixed_requests())]
@@ -228,10 +229,10 @@ def test_a_task_that_breaks_the_batched_pass_fails_alone(scheduler, todays):
     assert scheduler.rows_in_use == 6
     scheduler.run_until_idle()
     for i in (0, 2, 3):
-        np.testing.assert_array_equal(tasks[i].outcome.audio, todays[i])
+        np.testing.assert_array_equal(tasks[i].outcome.audio, reference[i])
 
 
-def test_cancel_during_a_long_prefill_frees_the_rows_at_once(engine, todays):
+def test_cancel_during_a_long_prefill_frees_the_rows_at_once(engine, reference):
     scheduler = Scheduler(engine, max_rows=4, max_seconds=4.0, max_text=32, prefill_chunk=8)
     stop = []
     request = mixed_requests()[1]  # 61 prompt positions: 8 chunks
@@ -246,7 +247,7 @@ def test_cancel_during_a_long_prefill_frees_the_rows_at_once(engine, todays):
     assert long_prompt.done and isinstance(long_prompt.outcome, GenerationCanceled)
     assert scheduler.rows_in_use == 2
     scheduler.run_until_idle()
-    np.testing.assert_array_equal(running.outcome.audio, todays[0])
+    np.testing.assert_array_equal(running.outcome.audio, reference[0])
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # gc.get_objects() touches deprecated torch aliases
