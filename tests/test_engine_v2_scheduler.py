@@ -41,7 +41,7 @@ def test_alone_each_task_sounds_exactly_as_through_the_engine(scheduler, referen
 
 
 def test_batched_tasks_sound_as_they_do_alone(scheduler, reference):
-    # Guided and unguided rows share the batch too .
+    # Guided and unguided rows share the batch too.
     requests = mixed_requests()
     requests[2].cfg_coef = 1.0
     expected = list(reference)
