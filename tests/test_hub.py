@@ -81,3 +81,21 @@ def test_a_keepalive_comes_when_nothing_happens(client, services):
     # Nothing else will happen to this queued task: the next item is a keep-alive, however long it takes.
     assert next(listener) == ("keepalive", None)
     listener.close()
+
+
+def test_only_a_listener_that_wants_audio_marks_the_task_listened(client, services):
+    # The worker decodes audio chunks only for a task marked as listened to: a progress-only follower
+    # (/events?audio=0, a status badge) must not cost it EnCodec decodes; one that wants audio must.
+    from backend.core.chunks import LISTENING_KEY, is_listened
+
+    task_id = _queued(client)
+    hub = Hub(services, keepalive_seconds=3600)
+    progress_only = hub.listen(task_id, with_audio=False)
+    assert next(progress_only)[0] == "progress"
+    assert not is_listened(services.redis, task_id)
+    with_audio = hub.listen(task_id)
+    assert next(with_audio)[0] == "progress"
+    wait_for(lambda: is_listened(services.redis, task_id), timeout=30, message="the task marked listened")
+    assert 0 < services.redis.ttl(LISTENING_KEY.format(task_id)) <= 5  # it lapses when nobody refreshes it
+    with_audio.close()
+    progress_only.close()

@@ -38,13 +38,15 @@ class Feed:
     error: BaseException | None = None
     done: bool = False
     listeners: int = 0
+    audio_listeners: int = 0  # listeners that want the audio: while there are any, the worker decodes chunks
     stopped: bool = False
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def run(self) -> None:
         try:
             # Once the last listener has left, the reader stops within one blocking read (live.BLOCK_MS).
-            for kind, payload in live.follow(self.hub.services, self.task_id, should_stop=lambda: self.stopped):
+            for kind, payload in live.follow(self.hub.services, self.task_id, should_stop=lambda: self.stopped,
+                                             wants_audio=lambda: self.audio_listeners > 0):
                 if kind == "keepalive":
                     continue
                 with self.changed:
@@ -72,7 +74,7 @@ class Hub:
         self._feeds: dict[str, Feed] = {}
         self._lock = threading.Lock()
 
-    def _join(self, task_id: str) -> Feed:
+    def _join(self, task_id: str, with_audio: bool = True) -> Feed:
         with self._lock:
             feed = self._feeds.get(task_id)
             if feed is None or feed.done:
@@ -80,11 +82,13 @@ class Hub:
                 self._feeds[task_id] = feed
                 threading.Thread(target=feed.run, name=f"feed-{task_id[:8]}", daemon=True).start()
             feed.listeners += 1
+            feed.audio_listeners += int(with_audio)
             return feed
 
-    def _leave(self, feed: Feed) -> None:
+    def _leave(self, feed: Feed, with_audio: bool = True) -> None:
         with self._lock:
             feed.listeners -= 1
+            feed.audio_listeners -= int(with_audio)
             if feed.listeners <= 0:
                 feed.stopped = True  # the reader stops after its current read
                 if self._feeds.get(feed.task_id) is feed:
@@ -99,9 +103,10 @@ class Hub:
         with self._lock:
             return len(self._feeds)
 
-    def listen(self, task_id: str) -> Iterator[tuple[str, object]]:
-        """What ``live.follow`` yields, shared with every other listener of the task in this process."""
-        feed = self._join(task_id)
+    def listen(self, task_id: str, *, with_audio: bool = True) -> Iterator[tuple[str, object]]:
+        """What ``live.follow`` yields, shared with every other listener of the task in this process.
+        ``with_audio``: this listener wants the audio chunks (the worker decodes them only for such)."""
+        feed = self._join(task_id, with_audio)
         try:
             index = 0
             last_sent = time.monotonic()
@@ -133,7 +138,7 @@ class Hub:
                 last_sent = time.monotonic()
                 yield "keepalive", None
         finally:
-            self._leave(feed)
+            self._leave(feed, with_audio)
 
 
 def hub_of(app_extensions: dict, services: Services) -> Hub:

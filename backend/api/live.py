@@ -24,8 +24,11 @@ KEEPALIVE_SECONDS = 15.0
 
 
 def follow(services: Services, task_id: str, *, max_seconds: float | None = None,
-           should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[str, object]]:
-    """``should_stop``: checked after every Redis read (at least every ``BLOCK_MS``); True ends the generator."""
+           should_stop: Callable[[], bool] | None = None,
+           wants_audio: Callable[[], bool] | None = None) -> Iterator[tuple[str, object]]:
+    """``should_stop``: checked after every Redis read (at least every ``BLOCK_MS``); True ends the generator.
+    ``wants_audio``: whether a follower wants the audio now (default: yes); while one does, the task is
+    marked as listened to, so its worker decodes chunks as it generates."""
     doc = load_task(services, task_id)  # 404 before the stream starts
     deadline = time.monotonic() + (max_seconds or services.settings.job_timeout + 600)
     after = "0-0"
@@ -36,7 +39,8 @@ def follow(services: Services, task_id: str, *, max_seconds: float | None = None
     while True:
         if should_stop is not None and should_stop():
             return
-        if time.monotonic() - marked >= chunks.LISTENING_TTL_SECONDS / 2 and doc["status"] not in FINAL_STATES:
+        if (time.monotonic() - marked >= chunks.LISTENING_TTL_SECONDS / 2 and doc["status"] not in FINAL_STATES
+                and (wants_audio is None or wants_audio())):
             chunks.mark_listening(services.redis, task_id)  # the worker decodes chunks while we follow
             marked = time.monotonic()
         final = doc["status"] in FINAL_STATES

@@ -90,9 +90,9 @@ def _open(task_id: str, body, mimetype: str) -> Response:
     return Response(_Stream(body, lease), mimetype=mimetype, headers=STREAM_HEADERS)
 
 
-def _listen(task_id: str):
+def _listen(task_id: str, *, with_audio: bool = True):
     s = services()
-    return hub_of(current_app.extensions, s).listen(task_id)
+    return hub_of(current_app.extensions, s).listen(task_id, with_audio=with_audio)
 
 
 def _sse(event: str, data: dict, event_id: int | None = None) -> str:
@@ -119,7 +119,7 @@ def events(task_id: str):
     # Progress-only listeners (a status badge, the extension) need not download the PCM.
     with_audio = _flag(request.args.get("audio"), "audio", default=True)
 
-    events_of_task = _listen(task_id)
+    events_of_task = _listen(task_id, with_audio=with_audio)
 
     def generate():
         yield "retry: 2000\n\n"
