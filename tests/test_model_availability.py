@@ -15,7 +15,7 @@ import pytest
 from backend.core.settings import Settings
 from tests.conftest import wait_for
 from tests.media_server import make_click_track
-from tests.test_many_workers import start_worker
+from tests.scenarios.test_many_workers import start_worker
 from worker.pipeline.audio import encode_wav
 
 WEB_APP_MODELS = ["facebook/musicgen-small", "thepatch/vanya_ai_dnb_0.1"]

@@ -1,6 +1,6 @@
 // The client's real fetch() calls against a loopback HTTP server that answers
 // the way API.md says the backend does (the backend itself is exercised with
-// the extension in tests/test_extension_browser.py).
+// the extension in tests/scenarios/test_extension_browser.py).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { ApiError, createApiClient, filenameFrom } from "../lib/api-client.mjs";

@@ -2,7 +2,7 @@
 // lib/settings.mjs use (get(key) / set(object)), kept in memory for Node.
 // Values go through JSON like chrome.storage's serialisation, so a test sees
 // the same copies-not-references behaviour the extension gets. The real
-// chrome.storage is exercised by tests/test_extension_browser.py.
+// chrome.storage is exercised by tests/scenarios/test_extension_browser.py.
 export function memoryStorage(initial = {}) {
   const data = JSON.parse(JSON.stringify(initial));
   return {

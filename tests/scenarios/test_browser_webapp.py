@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.browser import (DESKTOP, PHONE, browser, canvas_ink, full_stack, horizontal_overflow,  # noqa: F401
-                           open_page, screenshot)
 from tests.conftest import serve_app
+from tests.scenarios.browser import (DESKTOP, PHONE, browser, canvas_ink, full_stack,  # noqa: F401
+                                     horizontal_overflow, open_page, screenshot)
 
 GENERATE_TIMEOUT_MS = 150_000
 STATUS_4XX = "the server responded with a status of 4"

@@ -6,7 +6,7 @@ import signal
 from backend.core import heartbeat
 from tests.conftest import wait_for
 from tests.media_server import make_click_track
-from tests.test_many_workers import start_worker
+from tests.scenarios.test_many_workers import start_worker
 from worker.pipeline.audio import encode_wav
 
 

@@ -4,9 +4,9 @@ shown in red against an API with no worker and no sidecar, refreshing by itself;
 from __future__ import annotations
 
 from backend.dev.embedded import free_port
-from tests.browser import (PHONE, WALL, browser, full_stack, horizontal_overflow, open_page,  # noqa: F401
-                           screenshot)
 from tests.conftest import serve_app
+from tests.scenarios.browser import (PHONE, WALL, browser, full_stack, horizontal_overflow,  # noqa: F401
+                                     open_page, screenshot)
 
 COMPONENTS = ("api", "mongodb", "redis", "pytorch", "sidecar")
 

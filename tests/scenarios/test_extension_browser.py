@@ -31,7 +31,7 @@ import requests
 
 from tests.conftest import ARTIFACTS, ROOT
 from tests.media_server import MediaServer, make_click_track, wav_bytes
-from tests.test_stack import Stack, make_stack_env
+from tests.scenarios.test_stack import Stack, make_stack_env
 
 CHROMIUM = "/usr/bin/chromium"
 EXTENSION = ROOT / "extension"
@@ -132,7 +132,7 @@ def auth(api_key: str = API_KEY) -> dict:
 
 @pytest.fixture(scope="module")
 def keyed_stack(tiny_model, tmp_path_factory):
-    """One stack for this module (started as tests/test_stack.py does), with API keys on."""
+    """One stack for this module (started as tests/scenarios/test_stack.py does), with API keys on."""
     tmp = tmp_path_factory.mktemp("extension-stack")
     env = make_stack_env(tiny_model, tmp / "var", SEGUE_API_WORKERS="1",
                          SEGUE_API_KEYS=hashlib.sha256(API_KEY.encode()).hexdigest())

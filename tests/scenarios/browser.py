@@ -107,7 +107,7 @@ def full_stack(tiny_model, tmp_path_factory):
     Each browser test module imports this fixture, which gives pytest one definition per module; the module-level
     registry makes them share a single running stack, stopped when the last user is torn down.
     """
-    from tests.test_stack import Stack, make_stack_env
+    from tests.scenarios.test_stack import Stack, make_stack_env
 
     if _STACK["stack"] is None:
         tmp = tmp_path_factory.mktemp("browser-stack")

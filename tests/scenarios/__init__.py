@@ -1,0 +1,1 @@
+"""Scenario tests: the whole stack, several processes or a real browser, end to end."""
