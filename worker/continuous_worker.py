@@ -151,7 +151,8 @@ class Session:
         self.pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="segue-task")
         self.members: list[Member] = []
         self.model: str | None = None
-        self.seen: dict[str, tuple[str | None, float]] = {}  # job id -> (model, enqueued) of jobs looked at
+        # job id -> (model if still queued, enqueued at, the job) of every queued job looked at
+        self.seen: dict[str, tuple[str | None, float, Job | None]] = {}
         self.closed_to_new = False
         self._beat_at = 0.0
 
@@ -216,19 +217,19 @@ class Session:
         if self.model is None or self._active() >= self.worker.max_tasks:
             return
         connection = self.worker.connection
-        ids = [i for i in self.queue.get_job_ids(0, SCAN_DEPTH)]
+        ids = self.queue.get_job_ids(0, SCAN_DEPTH)
         new = [i for i in ids if i not in self.seen]
         if new:
-            found = {j.id: j for j in Job.fetch_many(new, connection=connection) if j is not None}
-            task_ids = {j.args[0]: j.id for j in found.values() if j.func_name == JOB_FUNCTION and j.args}
-            models = self.rt.services.store.queued_models(list(task_ids))
+            found = [j for j in Job.fetch_many(new, connection=connection)
+                     if j is not None and j.func_name == JOB_FUNCTION and j.args]
+            models = self.rt.services.store.queued_models([j.args[0] for j in found])
+            for job in found:
+                enqueued = job.enqueued_at.timestamp() if job.enqueued_at else time.time()
+                self.seen[job.id] = (models.get(job.args[0]), enqueued, job)
             for job_id in new:
-                job = found.get(job_id)
-                task_model = models.get(job.args[0]) if job is not None and job.args else None
-                enqueued = job.enqueued_at.timestamp() if job is not None and job.enqueued_at else time.time()
-                self.seen[job_id] = (task_model, enqueued)
+                self.seen.setdefault(job_id, (None, 0.0, None))  # gone, not ours, or no longer queued
         for job_id in ids:
-            model, enqueued = self.seen.get(job_id, (None, 0.0))
+            model, enqueued, job = self.seen.get(job_id, (None, 0.0, None))
             if model is None:
                 continue
             if model != self.model:
@@ -242,7 +243,6 @@ class Session:
                 return
             # LREM is atomic: only one worker can take a given job off the queue.
             if connection.lrem(self.queue.key, 1, job_id):
-                job = Job.fetch(job_id, connection=connection)
                 self._add(job, from_rq=False)
                 log.info("task %s joins the running session for %s", job.args[0], self.model)
             self.seen.pop(job_id, None)

@@ -167,11 +167,6 @@ class MusicGenEngine:
         return self.loop.submit(request)
 
     @property
-    def free_tasks(self) -> int:
-        """Guided tasks that would start decoding now (0 while the cache is full)."""
-        return self.loop.free_tasks
-
-    @property
     def running_tasks(self) -> int:
         """Tasks decoding now, or prefilling to join."""
         loop = self._loop
@@ -184,8 +179,8 @@ class MusicGenEngine:
         failed or was canceled raises its exception once all have ended. ``on_step(step, total)``
         sees the furthest request's step and the largest total; returning True cancels every request.
         """
-        plans = [self._plan(i, r) for i, r in enumerate(requests)]
-        del plans  # validated; the scheduler plans again
+        for i, request in enumerate(requests):
+            self._plan(i, request)  # every request valid before any runs
         outcomes = self.generate_each(requests, on_step)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
