@@ -267,7 +267,7 @@ def test_killed_worker_is_restarted_by_compose_and_its_task_completes(stack):
              and s["State"]["Running"], timeout=120, interval=0.5, message="compose to restart the worker")
     task = poll_task(stack.api, task_id)
     assert task["status"] == "completed", task["error"]
-    assert task["attempts"] == 2 and "stopped while running" in task["last_error"]
+    assert task["attempts"] == 2  # the killed run, then the one after compose restarted the worker
     health = stack.api_health()
     assert health and health["workers"] == 1
 
