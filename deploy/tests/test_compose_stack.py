@@ -294,8 +294,9 @@ def test_down_stops_every_container_on_sigterm_within_its_grace_period(stack):
         # podman writes nanoseconds; Python reads at most microseconds.
         moment = datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", event["Time"]).replace("Z", "+00:00"))
         elapsed = (moment - since).total_seconds()
-        code = int(event.get("ContainerExitCode", -1))
+        code = int(event.get("ContainerExitCode", 0))  # podman leaves a zero exit code out of the event
         report.append(f"{service}: exit {code} after {elapsed:.1f} s (grace {grace:.0f} s)")
-        # 137 = SIGKILL: what podman sends when the grace period ran out.
-        assert code != 137 and elapsed < grace, report[-1]
+        # 0: the process stopped itself on SIGTERM; 143: it died of SIGTERM (the maintenance shell loop under
+        # its init); 137 would be SIGKILL, what podman sends when the grace period ran out.
+        assert code in (0, 143) and elapsed < grace, report[-1]
     print("\n".join(report), f"\ndown took {took:.1f} s")
