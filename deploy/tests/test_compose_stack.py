@@ -159,8 +159,9 @@ def stack(tiny_model):
         stack.compose("up", "-d")
         stack.start_health_checks()
         try:
+            # Generous: the worker's first start compiles librosa's numba kernels (minutes on a busy 2-core machine).
             wait_for(lambda: (h := stack.api_health()) and h["status"] == "live" and h["workers"] == 1,
-                     timeout=300, interval=1, message="/health to report the stack live")
+                     timeout=600, interval=1, message="/health to report the stack live")
         except AssertionError:
             stack.save_logs()
             raise
