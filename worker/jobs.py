@@ -351,6 +351,10 @@ def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) 
         store.delete_audio(file_id)
         log.info("task %s ended elsewhere while running; result discarded", task_id)
         return
+    try:  # a run that died after uploading (its task retried) left a file nobody will read
+        store.discard_other_results(task_id, file_id)
+    except Exception as exc:  # it expires with its metadata anyway
+        log.warning("could not delete earlier runs' results of task %s: %s", task_id, exc)
     try:
         rt.services.progress.raise_to(task_id, 100.0)
     except Exception as exc:  # the document says 100 already (completed); the key is a cache of it

@@ -12,7 +12,8 @@ Points (in a task's order): ``taken`` (off the queue, not yet claimed),
 ``preparing`` (claimed, before the download), ``generating`` (inside the
 engine, at a decoding step), ``storing`` (result encoded and uploaded, before
 the task document says ``completed``), ``webhook`` (the task ended, its
-webhook claimed for delivery but not yet sent), ``requeue`` (housekeeping set
+webhook claimed for delivery but not yet sent), ``webhook-sent`` (sent,
+its outcome not yet recorded), ``requeue`` (housekeeping set
 a task back to queued, before enqueuing its job), ``claim`` (just before the
 claim is written to MongoDB).
 """

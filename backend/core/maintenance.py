@@ -162,7 +162,9 @@ def check_ytdlp_age(services: Services) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    services = Services.from_settings(Settings.from_env())
+    settings = Settings.from_env()
+    faults.configure(settings.fault_hold_dir or None)
+    services = Services.from_settings(settings)
     counts = housekeeping(services)
     removed = prune(services)
     check_ytdlp_age(services)

@@ -170,6 +170,15 @@ class TaskStore:
                     "expires_at": expires_at or utcnow() + self.ttl}
         return self.audio.upload_from_stream(f"{task_id}-{role}", data, metadata=metadata)
 
+    def discard_other_results(self, task_id: str, keep: ObjectId) -> int:
+        """Delete result files of ``task_id`` other than ``keep``: uploads of runs that died before finishing."""
+        files = self.db[f"{AUDIO_BUCKET}.files"]
+        stale = [doc["_id"] for doc in files.find({"metadata.task_id": task_id, "metadata.role": "result",
+                                                   "_id": {"$ne": keep}}, {"_id": 1})]
+        for file_id in stale:
+            self.delete_audio(file_id)
+        return len(stale)
+
     def read_audio(self, file_id: ObjectId) -> bytes:
         return self.audio.open_download_stream(file_id).read()
 

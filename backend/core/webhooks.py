@@ -359,6 +359,7 @@ def deliver_one(services: Services, task_id: str, *, now: float) -> str | None:
         attempt, retry = Attempt(None, str(exc)), False
     else:
         retry = attempt.retryable
+    faults.hold("webhook-sent", task_id)
     next_try = now + backoff_seconds(attempts)
     if attempt.delivered:
         outcome = "delivered"
