@@ -222,7 +222,7 @@ class Session:
                 if not self.closed_to_new and self.worker.takes_more(len(self.members)):
                     try:
                         self._take_more()
-                    except outage.TRANSIENT as exc:  # Redis or MongoDB restarting: try again next round
+                    except Exception as exc:  # Redis or MongoDB restarting: the held tasks go on; look again later
                         log.warning("session for %s could not look for more jobs: %s", self.model, exc)
                 self._advance()
                 self._enforce_time_limits()
