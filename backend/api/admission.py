@@ -10,6 +10,15 @@ the listeners beyond). This WSGI middleware puts those requests through a few
 slots, first come first served; the ones waiting cost nothing but a parked
 greenlet (or thread), so ``/health``, submissions and polling go straight
 through. Only the admission is gated: an open stream holds no slot.
+
+Two slots by default. Admitting is CPU-bound here, so more slots do not admit
+a flood faster (1,000 listeners on two processes were all held after 2.8 to
+4.5 s with 1, 2 or 8 slots); each greenlet holding a slot only lengthens the
+turns of gevent's loop that a ``/health`` request waits through. Measured with
+``bench/flood.py`` on our shared 2-core machine (load average 7 to 10), the
+worst of 20 probes: 73 to 160 ms with 1 slot, 86 to 231 ms with 2, 96 to 369 ms
+with 8. Two rather than one, so that one slow admission (the first read of a
+task, a Redis hiccup) does not hold up every other.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def test_streams_per_caller_are_capped_with_a_429(api, settings):
 
 FLOOD = 600  # listeners connecting at once, on two worker processes (bench/flood.py: 1,000)
 PROBES = 20
-ADMISSIONS = 8  # SEGUE_STREAM_ADMISSIONS, the default
+ADMISSIONS = 2  # SEGUE_STREAM_ADMISSIONS, the default
 
 
 @pytest.fixture
