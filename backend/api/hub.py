@@ -32,6 +32,8 @@ from typing import Iterator
 
 from backend.api import live
 from backend.core.connections import Services
+from backend.core.errors import NotFound
+from backend.core.ids import looks_like_task_id
 from backend.core.view import load_task
 
 TERMINAL = frozenset({"completed", "failed", "canceled", "timeout"})
@@ -121,6 +123,8 @@ class Hub:
         """Join the task's feed now, once it has read the task: raises what that read raised (``NotFound``
         for an unknown task, a ``PyMongoError``), so a route can answer with an error before its stream starts.
         The caller must ``close()`` what it gets (iterated or not): that is how the feed knows it left."""
+        if not looks_like_task_id(task_id):
+            raise NotFound(f"no task with id {task_id!r}", code="task_not_found")  # no feed (no thread) for it
         feed = self._join(task_id, with_audio)
         with feed.changed:
             while not feed.loaded and not feed.done:
