@@ -192,8 +192,13 @@ def _connections_to(process: subprocess.Popen, port: int) -> int:
 def test_the_gevent_worker_is_the_batch_accepting_one():
     from backend.api.gevent_worker import ACCEPT_BATCH, BatchAcceptServer
 
+    from gunicorn.workers import ggevent
+
     conf = runpy.run_path(str(ROOT / "backend" / "api" / "gunicorn_conf.py"))
     assert conf["worker_class"] == "backend.api.gevent_worker.GeventWorker"
+    # Our worker swaps the module-level name gunicorn's run() builds its servers from: a gunicorn that
+    # stopped using it would silently go back to one accept per loop turn.
+    assert "StreamServer" in ggevent.GeventWorker.run.__code__.co_names
     server = BatchAcceptServer(("127.0.0.1", 0), handle=lambda sock, address: None)
     try:
         server.max_accept = 1  # what gunicorn's gevent worker sets when it runs several workers
