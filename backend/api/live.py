@@ -25,13 +25,14 @@ DOC_CHECK_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
 
 
-def follow(services: Services, task_id: str, *, max_seconds: float | None = None,
+def follow(services: Services, task_id: str, *, doc: dict | None = None, max_seconds: float | None = None,
            should_stop: Callable[[], bool] | None = None,
            wants_audio: Callable[[], bool] | None = None) -> Iterator[tuple[str, object]]:
     """``should_stop``: checked after every Redis read (at least every ``BLOCK_MS``); True ends the generator.
     ``wants_audio``: whether a follower wants the audio now (default: yes); while one does, the task is
-    marked as listened to, so its worker decodes chunks as it generates."""
-    doc = load_task(services, task_id)  # 404 before the stream starts
+    marked as listened to, so its worker decodes chunks as it generates.
+    ``doc``: the task document when the caller has just read it (the hub reads it once for all listeners)."""
+    doc = load_task(services, task_id) if doc is None else doc  # 404 before the stream starts
     deadline = time.monotonic() + (max_seconds or services.settings.job_timeout + 600)
     after = "0-0"
     last_progress = None

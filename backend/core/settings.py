@@ -210,6 +210,9 @@ SETTINGS: tuple[Setting, ...] = (
             "or `gthread` (each open stream holds one of `SEGUE_API_THREADS`).", _worker_class),
     Setting("SEGUE_API_CONNECTIONS", "api_connections", 2000,
             "Most simultaneous connections one API worker process serves (gevent), open streams included.", int),
+    Setting("SEGUE_STREAM_ADMISSIONS", "stream_admissions", 2,
+            "Most `/events` + `/stream` requests one API process admits at once (the rest wait their turn, "
+            "so a flood of listeners cannot crowd out `/health` and other routes); 0 = no limit.", int),
     Setting("SEGUE_MAX_STREAMS_PER_CALLER", "max_streams_per_caller", 32,
             "Most `/events` + `/stream` connections one API key (or client IP) may hold open at once, across "
             "API processes (429 beyond it); 0 = no cap.", int),
