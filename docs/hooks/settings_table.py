@@ -9,6 +9,7 @@ for ``SEGUE_CUDA_GRAPHS``, the webhooks page for ``SEGUE_WEBHOOK_SECRET``...) ar
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def _title(uri: str, text: str) -> str:
         if line.startswith("# "):
             return line[2:].strip()
     return uri
+
+
+def on_config(config):
+    # `make docs` rebuilds in the same process when settings.py changes (mkdocs.yml watches it):
+    # read the table afresh for each build.
+    module = sys.modules.get("backend.core.settings")
+    if module is not None:
+        importlib.reload(module)
+    return config
 
 
 def on_files(files, config):
