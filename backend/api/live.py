@@ -1,7 +1,9 @@
 """What ``/tasks/<id>/events`` and ``/tasks/<id>/stream`` send: a task followed live.
 
-``follow`` yields ``("progress", {...})``, ``("audio", Chunk)`` and finally one
-``("completed"|"failed"|"canceled", task document)``. It reads the task's
+``follow`` yields ``("progress", {...})``, ``("audio", Chunk)``,
+``("requeued", {...})`` when a running task goes back to the queue (its worker
+stopped or died: its progress and audio start again, so a listener drops the
+audio it has), and finally one ``("completed"|"failed"|"canceled", task document)``. It reads the task's
 chunk stream from the start (late clients catch up), blocks on Redis for new
 chunks, and checks the task document about once a second for its end. After
 the end it drains the chunks that were still unread, so nothing is lost
@@ -73,4 +75,9 @@ def follow(services: Services, task_id: str, *, max_seconds: float | None = None
             yield "keepalive", None
         if now - checked >= DOC_CHECK_SECONDS:
             checked = now
+            previous = doc["status"]
             doc = load_task(services, task_id)
+            if previous == "processing" and doc["status"] == "queued":
+                after = "0-0"  # the next attempt streams from its start again
+                yield "requeued", {"task_id": task_id, "status": "queued", "progress": 0.0,
+                                   "reason": doc.get("last_error")}
