@@ -1,4 +1,4 @@
-"""worker/jobs.py stage by stage, on real Redis and MongoDB and the tiny MusicGen.
+"""worker/serving/jobs.py stage by stage, on real Redis and MongoDB and the tiny MusicGen.
 
 Scenario tests (tests/scenarios/) run tasks through the API and a whole worker; these drive each stage
 (claim, prepare, engine_for, start, complete, end) directly and check what each leaves behind.
@@ -16,7 +16,7 @@ from backend.core.clock import utcnow
 from backend.core.errors import AudioDecodeError, SegueError, TaskFailure
 from tests.conftest import _MODEL_CACHES
 from tests.media_server import make_noise_track
-from worker import jobs, runtime
+from worker.serving import jobs, runtime
 from worker.engine import GenerationCanceled, GenerationResult
 from worker.pipeline.audio import encode_wav
 

@@ -14,7 +14,11 @@ from rq import Queue
 from rq.job import Job
 from rq.exceptions import NoSuchJobError
 
-JOB_FUNCTION = "worker.jobs.run_task"
+JOB_FUNCTION = "worker.serving.jobs.run_task"
+# Jobs queued before worker/ was grouped into packages carry the old name; a Redis that persists its
+# queue across an upgrade still holds them, so workers take those too (the job is only a task id).
+LEGACY_JOB_FUNCTIONS = ("worker.jobs.run_task",)
+JOB_FUNCTIONS = (JOB_FUNCTION,) + LEGACY_JOB_FUNCTIONS
 
 # A task's first job has the task's id; each later job (a retry after a crash "r", a lost job queued again
 # "q", a hand-back by a stopping worker "h") gets a fresh id so RQ's records of earlier runs stay apart.

@@ -1,8 +1,8 @@
 """Every setting Segue reads, in one place.
 
 Nothing else in the code base reads ``os.environ``: components receive a
-``Settings`` instance, so tests can build one with overrides and the README
-can list every knob from ``SETTINGS`` below.
+``Settings`` instance, so tests can build one with overrides and the docs' settings page
+(docs/settings.md) is generated from ``SETTINGS`` below.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ class _SettingsBehaviour:
 
 
 # The settings object: one frozen field per row of SETTINGS, its default the row's, so each
-# default is declared once (in the table) and the README, `as_env` and `from_env` follow it.
+# default is declared once (in the table) and the docs' settings page, `as_env` and `from_env` follow it.
 Settings = make_dataclass(
     "Settings", [(s.attr, type(s.default), field(default=s.default)) for s in SETTINGS],
     bases=(_SettingsBehaviour,), frozen=True)

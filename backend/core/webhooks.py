@@ -29,7 +29,7 @@ What is sent:
     webhook-signature: v1,<base64 HMAC>      the signature only when a secret is set
 
 The X-Segue-* headers are today's and stay for one release beside the
-Standard Webhooks ones (README: Webhooks). The Standard Webhooks key is the
+Standard Webhooks ones (docs/webhooks.md). The Standard Webhooks key is the
 secret's base64 part after ``whsec_``; a secret without that prefix (older
 deployments) is used as raw UTF-8 bytes, which the libraries also accept.
 

@@ -6,7 +6,7 @@ this process, so the models loaded before the loop stay warm, and keeps
 taking waiting tasks for the running model into its engine as slots free up. A heartbeat thread tells ``/health``
 what this worker runs on; a housekeeping thread of its own (so a slow MongoDB call can never delay a heartbeat
 past its expiry) requeues tasks of dead workers; another thread sends due webhooks. SIGTERM drains (see
-``worker.continuous_worker``).
+``worker.serving.continuous_worker``).
 
 Start with ``python -m worker``.
 """
@@ -27,8 +27,8 @@ from backend.core.settings import Settings
 
 from . import runtime
 from .continuous_worker import ContinuousWorker
-from .model_cache import ModelUnavailable
-from .pipeline import ytdlp_runtime
+from ..models.model_cache import ModelUnavailable
+from ..pipeline import ytdlp_runtime
 
 log = logging.getLogger("worker")
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker: ignoring {name}: media downloads always go through the address guard", flush=True)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rt = runtime.init(settings)
-    from .device import pick_device
+    from ..device import pick_device
 
     # Heartbeat first: /health sees this worker (and any model that fails to load) from the start.
     info = dict(torch_info(str(pick_device(settings.device, settings.half_precision)[0])), pid=os.getpid(),
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # librosa compiles its numba kernels on first use (tens of seconds on a
     # fresh install); do it now rather than inside the first task.
-    from .pipeline.tempo import warm_up
+    from ..pipeline.tempo import warm_up
 
     warm_up()
     # A default model that failed to load is tried again in the background, with back-off.

@@ -14,7 +14,7 @@ A task goes through four stages, each a function here:
 Whatever happens at any stage (bad media, a model error, its time limit, a
 crash), ``end`` leaves the document ``completed``, ``failed`` or
 ``canceled`` with a readable reason, and one task's failure never touches
-another's. ``worker.continuous_worker`` drives many tasks through these
+another's. ``worker.serving.continuous_worker`` drives many tasks through these
 stages at once; ``run_task(task_id)`` is the RQ job function that runs one
 on its own (any RQ worker), re-raising its failure so RQ's registries stay
 truthful.
@@ -40,11 +40,11 @@ from backend.core.jobqueue import later_job_id
 from backend.core.tasks import CONTENT_TYPES
 
 from . import runtime
-from .pipeline import audio as audio_ops
-from .pipeline import stages as pipeline
+from ..pipeline import audio as audio_ops
+from ..pipeline import stages as pipeline
 from .chunk_publisher import ChunkPublisher
-from .engine import GenerationCanceled, MusicGenEngine
-from .model_cache import ModelUnavailable
+from ..engine import GenerationCanceled, MusicGenEngine
+from ..models.model_cache import ModelUnavailable
 from .progress_reporter import ProgressReporter
 
 log = logging.getLogger(__name__)

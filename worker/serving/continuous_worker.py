@@ -7,7 +7,7 @@ leaves the moment it is done. This worker feeds it: when RQ hands it a job,
 it opens a *session* for that job's model and, for as long as the session
 has tasks, keeps taking more waiting jobs for that model off the queue, up
 to the engine's task slots, while the running ones decode. Each job goes
-through the stages of ``worker.jobs`` on its own: preparation (downloads,
+through the stages of ``worker.serving.jobs`` on its own: preparation (downloads,
 tempo) and storing on a small thread pool, generation in the engine.
 
 RQ stays truthful: every extra job is taken off the queue with an atomic
@@ -60,10 +60,10 @@ from rq.worker.base import WorkerStatus
 
 from backend.core import faults, outage, taking
 from backend.core.errors import SegueError
-from backend.core.jobqueue import JOB_FUNCTION, later_job_id
+from backend.core.jobqueue import JOB_FUNCTIONS, later_job_id
 
 from . import jobs, runtime
-from .engine import GenerationCanceled
+from ..engine import GenerationCanceled
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def resident_mb() -> float:
 
 @dataclass(eq=False)
 class Member:
-    """One job of a session, on its way through ``worker.jobs``' stages."""
+    """One job of a session, on its way through ``worker.serving.jobs``' stages."""
 
     job: Job
     execution: object  # rq.executions.Execution
@@ -161,7 +161,7 @@ class ContinuousWorker(SimpleWorker):
         super().handle_exception(job, *exc_info)
 
     def execute_job(self, job: Job, queue: Queue):
-        if job.func_name != JOB_FUNCTION:
+        if job.func_name not in JOB_FUNCTIONS:
             return super().execute_job(job, queue)
         session = Session(self, queue)
         self.in_session = True
@@ -312,7 +312,7 @@ class Session:
         new = [i for i in ids if i not in self.seen]
         if new:
             found = [j for j in Job.fetch_many(new, connection=connection)
-                     if j is not None and j.func_name == JOB_FUNCTION and j.args]
+                     if j is not None and j.func_name in JOB_FUNCTIONS and j.args]
             models = self.rt.services.store.queued_models([j.args[0] for j in found])
             for job in found:
                 enqueued = job.enqueued_at.timestamp() if job.enqueued_at else time.time()

@@ -18,7 +18,7 @@ from backend.core import faults
 from backend.core.connections import Services
 from backend.core.settings import Settings
 
-from .model_cache import ModelCache
+from ..models.model_cache import ModelCache
 
 
 @dataclass
@@ -42,9 +42,9 @@ def new_worker_id() -> str:
 
 def init(settings: Settings, worker_id: str | None = None) -> Runtime:
     global _runtime
-    from .engine import MusicGenEngine  # torch is imported here, in the worker only
-    from .engine_loader import load_engine
-    from .model_source import resolve_model
+    from ..engine import MusicGenEngine  # torch is imported here, in the worker only
+    from ..models.engine_loader import load_engine
+    from ..models.model_source import resolve_model
 
     def load(model_ref: str) -> MusicGenEngine:
         # An audiocraft checkpoint is converted once (cached under SEGUE_DATA_DIR); the cache keeps
