@@ -1,6 +1,6 @@
 # Quick start: `make run` (whole stack) and `make test` (all tests).
 # Both bootstrap what they need first and are safe to run again.
-.PHONY: run test bootstrap test-python test-node maintain bench bench-gpu bench-engine load update-ytdlp images test-images
+.PHONY: run test bootstrap test-python test-node docs maintain bench bench-gpu bench-engine load update-ytdlp images test-images
 
 PY := .venv/bin/python
 
@@ -22,6 +22,11 @@ test-python:
 test-node:
 	cd express-server && npm test
 	cd extension && npm test
+
+# The docs site (docs/, mkdocs.yml) with live reload; `make test` builds it with --strict (tests/test_docs.py).
+DOCS_ADDR ?= 127.0.0.1:8000
+docs: bootstrap
+	$(PY) -m mkdocs serve -a $(DOCS_ADDR)
 
 maintain: bootstrap
 	$(PY) -m backend.core.maintenance

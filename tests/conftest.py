@@ -135,8 +135,8 @@ _MODEL_CACHES: dict = {}
 @pytest.fixture
 def run_worker(settings):
     """Run a real Segue worker (an RQ SimpleWorker feeding the engine) in this process until the queue is empty."""
-    from worker import runtime
-    from worker.continuous_worker import ContinuousWorker
+    from worker.serving import runtime
+    from worker.serving.continuous_worker import ContinuousWorker
 
     def run(settings: Settings = settings) -> None:
         rt = runtime.init(settings, worker_id=f"test-worker-{os.getpid()}")

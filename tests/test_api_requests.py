@@ -21,7 +21,7 @@ def test_generate_is_queued_with_only_the_task_id_in_redis(client, services, med
     task_id = body["task_id"]
     assert len(task_id) >= 22  # >= 128 random bits, URL-safe
     job = services.queue.queue.fetch_job(task_id)
-    assert job.args == (task_id,) and job.func_name == "worker.jobs.run_task"
+    assert job.args == (task_id,) and job.func_name == "worker.serving.jobs.run_task"
     doc = services.store.get_task(task_id)
     assert doc["status"] == "queued" and doc["request"]["currentTime"] == 4.0
     assert doc["request"]["duration_min"] == 16.0 and doc["request"]["duration_max"] == 18.0

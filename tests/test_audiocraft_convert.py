@@ -1,4 +1,4 @@
-"""worker.audiocraft_convert: audiocraft checkpoints <-> transformers MusicGen folders.
+"""worker.models.audiocraft_convert: audiocraft checkpoints <-> transformers MusicGen folders.
 
 Real checkpoints cannot be downloaded here, so the tiny random MusicGens are
 written out in audiocraft's exported layout (``to_audiocraft_checkpoint``) and
@@ -34,8 +34,8 @@ from transformers import (
 )
 from transformers.models.musicgen.modeling_musicgen import MusicgenForCausalLM
 
-from worker import audiocraft_convert as ac
-from worker.audiocraft_convert import COMPRESSION_FILE, LM_FILE, convert_checkpoint, main, to_audiocraft_checkpoint
+from worker.models import audiocraft_convert as ac
+from worker.models.audiocraft_convert import COMPRESSION_FILE, LM_FILE, convert_checkpoint, main, to_audiocraft_checkpoint
 
 
 _LOADED: dict[Path, MusicgenForConditionalGeneration] = {}

@@ -8,8 +8,8 @@ import pytest
 
 from tests.conftest import CACHE, noise
 from worker.engine import GenerationRequest, MusicGenEngine
-from worker.engine_loader import load_engine, model_type
-from worker.melody_engine import MelodyEngine
+from worker.models.engine_loader import load_engine, model_type
+from worker.models.melody_engine import MelodyEngine
 from worker.testing.random_model_melody import build_tiny_melody
 
 

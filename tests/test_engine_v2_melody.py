@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import CACHE, noise
 from worker.engine import GenerationRequest, GenerationResult
 from worker.engine.scheduler import Scheduler
-from worker.melody_engine import MelodyEngine
+from worker.models.melody_engine import MelodyEngine
 from worker.testing.random_model_melody import build_tiny_melody
 
 SR = 32000

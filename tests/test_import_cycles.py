@@ -139,15 +139,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_sees_the_imports():
     graph = import_graph()
     assert "backend.core.store" in graph["backend.core.connections"]
-    assert "backend.core.connections" in graph["worker.runtime"]
-    # relative imports: worker/jobs.py's "from .pipeline import stages as pipeline"
-    assert "worker.pipeline.stages" in graph["worker.jobs"]
+    assert "backend.core.connections" in graph["worker.serving.runtime"]
+    # relative imports: worker/serving/jobs.py's "from ..pipeline import stages as pipeline"
+    assert "worker.pipeline.stages" in graph["worker.serving.jobs"]
 
 
 def test_deferred_imports_are_seen_only_in_the_second_graph():
     # backend/client/cli.py imports the audiocraft converter inside the command that needs it.
-    assert "worker.audiocraft_convert" not in import_graph()["backend.client.cli"]
-    assert "worker.audiocraft_convert" in import_graph(every_import=True)["backend.client.cli"]
+    assert "worker.models.audiocraft_convert" not in import_graph()["backend.client.cli"]
+    assert "worker.models.audiocraft_convert" in import_graph(every_import=True)["backend.client.cli"]
 
 
 def test_the_search_reports_a_cycle():

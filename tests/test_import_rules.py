@@ -43,7 +43,7 @@ def loaded_by(modules: list[str], watched: tuple[str, ...], env: dict[str, str] 
 
 
 def test_the_walk_finds_the_packages():
-    assert "worker.jobs" in modules_of("worker")
+    assert "worker.serving.jobs" in modules_of("worker")
     assert "worker.pipeline.fetcher" in modules_of("worker")
     assert "backend.api.routes.tasks" in modules_of("backend.api")
     assert "backend.core.store" in modules_of("backend.core")

@@ -24,7 +24,7 @@ def queue(connection):
 def test_a_job_carries_only_the_task_id_by_dotted_name(queue, connection):
     assert queue.enqueue("task-1") == "task-1"  # the job id defaults to the task id
     job = Job.fetch("task-1", connection=connection)
-    assert job.func_name == JOB_FUNCTION == "worker.jobs.run_task"
+    assert job.func_name == JOB_FUNCTION == "worker.serving.jobs.run_task"
     assert job.args == ("task-1",) and job.kwargs == {}
     assert job.timeout == 123
     assert job.description == "segue task task-1"

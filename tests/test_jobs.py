@@ -1,4 +1,4 @@
-"""worker/jobs.py stage by stage, on real Redis and MongoDB and the tiny MusicGen.
+"""worker/serving/jobs.py stage by stage, on real Redis and MongoDB and the tiny MusicGen.
 
 Scenario tests (tests/scenarios/) run tasks through the API and a whole worker; these drive each stage
 (claim, prepare, engine_for, start, complete, end) directly and check what each leaves behind.
@@ -16,7 +16,7 @@ from backend.core.clock import utcnow
 from backend.core.errors import AudioDecodeError, SegueError, TaskFailure
 from tests.conftest import _MODEL_CACHES
 from tests.media_server import make_noise_track
-from worker import jobs, runtime
+from worker.serving import jobs, runtime
 from worker.engine import GenerationCanceled, GenerationResult
 from worker.pipeline.audio import encode_wav
 
@@ -103,7 +103,7 @@ def test_end_stores_a_failure_reason_once(rt):
     assert run.done and rt.tasks_done == done_before + 1
     assert _webhooks_due(rt) == {"t1"}
     # A second word on the same task (a late stage, another worker) changes nothing.
-    late = jobs.TaskRun("t1", run.doc, run.reporter, error=RuntimeError("something else"))
+    late = jobs.TaskRun("t1", run.doc, run.reporter, "a-stale-run", error=RuntimeError("something else"))
     jobs.end(rt, late, timeout=60)
     assert rt.services.store.get_task("t1")["error"] == "the clip was silent"
 

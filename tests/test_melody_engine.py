@@ -13,7 +13,7 @@ from transformers.feature_extraction_utils import FeatureExtractionMixin
 
 from tests.conftest import CACHE, noise
 from worker.engine import GenerationCanceled, GenerationRequest
-from worker.melody_engine import ChromaExtractor, MelodyEngine
+from worker.models.melody_engine import ChromaExtractor, MelodyEngine
 from worker.testing.random_model import RECIPE_FILE
 from worker.testing.random_model_melody import build_tiny_melody
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from worker.engine import MusicGenEngine
-from worker.model_cache import ModelCache
+from worker.models.model_cache import ModelCache
 from worker.testing.random_model import build_tiny_musicgen
 
 CACHE = Path(os.environ.get("SEGUE_TEST_CACHE") or Path(__file__).resolve().parents[1] / ".cache" / "test-models")
@@ -112,7 +112,7 @@ class FakeClock:
 
 
 def test_a_failed_load_is_remembered_with_back_off_then_retried(refs, tmp_path):
-    from worker.model_cache import RETRY_FIRST_SECONDS, ModelUnavailable
+    from worker.models.model_cache import RETRY_FIRST_SECONDS, ModelUnavailable
 
     clock, factory = FakeClock(), LoadLog()
     cache = ModelCache(2, factory, clock=clock)
@@ -138,7 +138,7 @@ def test_a_failed_load_is_remembered_with_back_off_then_retried(refs, tmp_path):
 
 
 def test_back_off_doubles_up_to_its_cap(tmp_path):
-    from worker.model_cache import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, ModelUnavailable
+    from worker.models.model_cache import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, ModelUnavailable
 
     def offline(model_ref):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find "
@@ -161,7 +161,7 @@ def test_back_off_doubles_up_to_its_cap(tmp_path):
 
 
 def test_failure_reason_keeps_the_first_sentence():
-    from worker.model_cache import failure_reason
+    from worker.models.model_cache import failure_reason
 
     assert failure_reason(ValueError("x is a 'bark' checkpoint; supported: musicgen. More text here.")) == \
         "x is a 'bark' checkpoint; supported: musicgen."

@@ -1,4 +1,4 @@
-"""worker.model_source: model references resolved, audiocraft checkpoints converted once.
+"""worker.models.model_source: model references resolved, audiocraft checkpoints converted once.
 
 Offline only: local transformers folders, local audiocraft folders (written
 from the tiny model by ``to_audiocraft_checkpoint``) and a hub id that is not
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
-from worker.audiocraft_convert import LM_FILE, to_audiocraft_checkpoint
-from worker.model_source import CONVERTED_DIR, resolve_model
+from worker.models.audiocraft_convert import LM_FILE, to_audiocraft_checkpoint
+from worker.models.model_source import CONVERTED_DIR, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_uncached_hub_id_is_left_to_transformers(tmp_path):
 
 def test_audiocraft_folder_is_converted_once_and_reused(checkpoint, sources, tmp_path, caplog):
     data_dir = tmp_path / "var"
-    caplog.set_level(logging.INFO, logger="worker.model_source")
+    caplog.set_level(logging.INFO, logger="worker.models.model_source")
     first = Path(resolve(checkpoint, data_dir, sources))
     assert first.parent == data_dir / CONVERTED_DIR
     assert first.name.startswith("lofi-finetune-")
@@ -85,7 +85,7 @@ def test_changed_checkpoint_is_converted_again(checkpoint, sources, tmp_path):
 
 def test_concurrent_workers_share_one_conversion(checkpoint, sources, tmp_path, caplog):
     data_dir = tmp_path / "var"
-    caplog.set_level(logging.INFO, logger="worker.model_source")
+    caplog.set_level(logging.INFO, logger="worker.models.model_source")
     results: list[str] = []
     errors: list[BaseException] = []
 

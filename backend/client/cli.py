@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = _delegated_convert(argv)
     if rest is not None:
         # Imported only here: conversion needs torch, every other command must not.
-        from worker.audiocraft_convert import main as convert
+        from worker.models.audiocraft_convert import main as convert
 
         return convert(rest)
     try:

@@ -6,12 +6,34 @@ the worker's torch code.
 
 from __future__ import annotations
 
+import re
+import uuid
+
 import redis
 from rq import Queue
 from rq.job import Job
 from rq.exceptions import NoSuchJobError
 
-JOB_FUNCTION = "worker.jobs.run_task"
+JOB_FUNCTION = "worker.serving.jobs.run_task"
+# Jobs queued before worker/ was grouped into packages carry the old name; a Redis that persists its
+# queue across an upgrade still holds them, so workers take those too (the job is only a task id).
+LEGACY_JOB_FUNCTIONS = ("worker.jobs.run_task",)
+JOB_FUNCTIONS = (JOB_FUNCTION,) + LEGACY_JOB_FUNCTIONS
+
+# A task's first job has the task's id; each later job (a retry after a crash "r", a lost job queued again
+# "q", a hand-back by a stopping worker "h") gets a fresh id so RQ's records of earlier runs stay apart.
+_LATER_JOB = re.compile(r"^(?P<task>.+)-(?:[rqh][0-9a-f]{8}|r\d+|q\d+)$")
+
+
+def later_job_id(task_id: str, kind: str) -> str:
+    assert kind in ("r", "q", "h")
+    return f"{task_id}-{kind}{uuid.uuid4().hex[:8]}"
+
+
+def task_of_job(job_id: str) -> str:
+    """The task a job id belongs to (task ids may contain dashes themselves)."""
+    match = _LATER_JOB.match(job_id)
+    return match.group("task") if match else job_id
 
 
 class JobQueue:

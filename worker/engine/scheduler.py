@@ -21,7 +21,7 @@ Each iteration (``step``) does, in order:
    or failed, and compact the cache so the rows in use stay leading.
 
 **Melody models** condition through a prefix of the decoder's input (chroma,
-then text; see ``worker.melody_engine``) instead of cross-attention: a
+then text; see ``worker.models.melody_engine``) instead of cross-attention: a
 task's rows start with its prefix positions (``Task.offset`` of them,
 prefilled like the prompt) and its token sequence follows.
 

@@ -13,7 +13,7 @@ transformers only lets that class (and its feature extractor) be constructed
 when torchaudio is installed, and no torchaudio release matches this
 project's torch. ``processor_config.json`` holds exactly what
 ``MusicgenMelodyProcessor.save_pretrained`` writes, so a machine with
-torchaudio loads the folder with ``AutoProcessor``; ``worker.melody_engine``
+torchaudio loads the folder with ``AutoProcessor``; ``worker.models.melody_engine``
 needs only the tokenizer and the feature extractor's numbers.
 
 CLI: ``python -m worker.testing.random_model_melody tiny|tiny-stereo PATH``.

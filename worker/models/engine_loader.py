@@ -11,7 +11,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from worker.engine import MusicGenEngine
-from worker.melody_engine import MelodyEngine
+from worker.models.melody_engine import MelodyEngine
 
 ENGINES: dict[str, type[MusicGenEngine]] = {
     "musicgen": MusicGenEngine,

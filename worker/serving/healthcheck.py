@@ -1,6 +1,6 @@
 """Container health probe: exit 0 when a worker on this host has a fresh heartbeat.
 
-Used by docker-compose (`python -m worker.healthcheck`); imports no torch.
+Used by docker-compose (`python -m worker.serving.healthcheck`); imports no torch.
 """
 
 import socket

@@ -14,10 +14,11 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
+from backend.core import faults
 from backend.core.connections import Services
 from backend.core.settings import Settings
 
-from .model_cache import ModelCache
+from ..models.model_cache import ModelCache
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Runtime:
     worker_id: str
     current_tasks: list[str] = field(default_factory=list)
     tasks_done: int = 0
+    draining: bool = False  # told to stop: takes no more tasks (reported in the heartbeat and /health)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -40,9 +42,9 @@ def new_worker_id() -> str:
 
 def init(settings: Settings, worker_id: str | None = None) -> Runtime:
     global _runtime
-    from .engine import MusicGenEngine  # torch is imported here, in the worker only
-    from .engine_loader import load_engine
-    from .model_source import resolve_model
+    from ..engine import MusicGenEngine  # torch is imported here, in the worker only
+    from ..models.engine_loader import load_engine
+    from ..models.model_source import resolve_model
 
     def load(model_ref: str) -> MusicGenEngine:
         # An audiocraft checkpoint is converted once (cached under SEGUE_DATA_DIR); the cache keeps
@@ -54,6 +56,7 @@ def init(settings: Settings, worker_id: str | None = None) -> Runtime:
                            max_tasks=settings.max_batch, quantize=settings.quantize,
                            cuda_graphs=settings.cuda_graphs)
 
+    faults.configure(settings.fault_hold_dir or None)
     _runtime = Runtime(settings=settings, services=Services.from_settings(settings, blocking_reads=True),
                        models=ModelCache(settings.model_cache_size, load),
                        worker_id=worker_id or new_worker_id())

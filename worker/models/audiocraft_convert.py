@@ -17,7 +17,7 @@ local ``save_pretrained`` folders in tests. The result is a ``save_pretrained``
 folder (model, generation config, processor) written atomically.
 ``to_audiocraft_checkpoint`` goes the other way, for round-trip tests.
 
-CLI: ``python -m worker.audiocraft_convert SRC DST [--text-encoder X] [--audio-encoder Y]``.
+CLI: ``python -m worker.models.audiocraft_convert SRC DST [--text-encoder X] [--audio-encoder Y]``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
 DEFAULT_TEXT_ENCODER = "t5-base"
 DEFAULT_AUDIO_ENCODER = "facebook/encodec_32khz"
-# Part of the cache key of converted folders (worker.model_source): bump when
+# Part of the cache key of converted folders (worker.models.model_source): bump when
 # the output of a conversion changes, so old conversions are redone.
 CONVERTER_VERSION = 1
 
@@ -628,7 +628,7 @@ def to_audiocraft_checkpoint(model_folder: str | os.PathLike, dst: str | os.Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m worker.audiocraft_convert",
+        prog="python -m worker.models.audiocraft_convert",
         description="Convert an audiocraft MusicGen checkpoint folder (state_dict.bin + compression_state_dict.bin) "
                     "into a transformers MusicGen folder.")
     parser.add_argument("src", help="folder with the audiocraft checkpoint")

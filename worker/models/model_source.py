@@ -4,7 +4,7 @@ A reference is a local transformers folder, a local audiocraft checkpoint
 folder, or a Hugging Face hub id. transformers loads the first and plain hub
 ids itself; audiocraft checkpoints (local, or a hub repo with
 ``state_dict.bin`` and no ``config.json``, as community fine-tunes are
-published) are converted once by ``worker.audiocraft_convert`` into
+published) are converted once by ``worker.models.audiocraft_convert`` into
 ``DATA_DIR/converted/<name>-<hash>`` and that folder is used from then on.
 
 The hash covers the source files' sizes and modification times and the
@@ -23,7 +23,7 @@ import logging
 import re
 from pathlib import Path
 
-from worker.audiocraft_convert import (
+from worker.models.audiocraft_convert import (
     COMPRESSION_FILE,
     CONVERTER_VERSION,
     DEFAULT_AUDIO_ENCODER,
