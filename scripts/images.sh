@@ -153,9 +153,18 @@ build_one() {
 pick_base() {
   local public="$1" standin="$2" mode="$3"
   if [ "$mode" != standins ]; then
-    if image_exists "$public"; then echo "$public"; return; fi
-    if have_docker; then docker pull -q "$public" >/dev/null 2>&1 && { echo "$public"; return; }
-    else podman pull -q "docker.io/library/$public" >/dev/null 2>&1 && { echo "$public"; return; }; fi
+    if have_docker; then
+      if docker image inspect "$public" >/dev/null 2>&1 || docker pull -q "$public" >/dev/null 2>&1; then
+        echo "$public"; return
+      fi
+    else
+      # Fully qualified: podman matches a short name against any local repository ending in it, so
+      # `redis:7.4-alpine` would find the stand-in localhost/segue-standin/redis:7.4-alpine.
+      local full="docker.io/library/$public"
+      if podman image exists "$full" || podman pull -q "$full" >/dev/null 2>&1; then
+        echo "$full"; return
+      fi
+    fi
     [ "$mode" = public ] && die "cannot find or pull $public"
     say "cannot pull $public here: using the stand-in $standin (a test base, never published)"
   fi
