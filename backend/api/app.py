@@ -9,7 +9,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from backend.api import auth, errorhandlers, ratelimit
-from backend.api.routes import docs, generation, health, live, models, pages, tasks
+from backend.api.routes import docs, generation, health, live, models, pages, queue, tasks
 from backend.api.routes import metrics as metrics_routes
 from backend.core import audiofile
 from backend.core.connections import Services
@@ -36,7 +36,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     errorhandlers.register(app)
     auth.init_app(app, settings)  # before the limiter, so limits count per API key
     ratelimit.init_app(app, settings)
-    for blueprint in (generation.bp, tasks.bp, live.bp, models.bp, health.bp, docs.bp, metrics_routes.bp, pages.bp):
+    for blueprint in (generation.bp, tasks.bp, live.bp, models.bp, health.bp, queue.bp, docs.bp, metrics_routes.bp, pages.bp):
         app.register_blueprint(blueprint)
     try:
         services.store.ensure_indexes()

@@ -6,12 +6,34 @@ the worker's torch code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import redis
 from rq import Queue
 from rq.job import Job
 from rq.exceptions import NoSuchJobError
+from rq.intermediate_queue import IntermediateQueue
+from rq.registry import StartedJobRegistry
+from rq.utils import current_timestamp
 
 JOB_FUNCTION = "worker.jobs.run_task"
+
+
+def queue_key(name: str) -> str:
+    """The Redis list RQ keeps a queue's waiting job ids in (what KEDA's redis trigger reads as listName)."""
+    return Queue.redis_queue_namespace_prefix + name
+
+
+@dataclass(frozen=True)
+class Load:
+    """The work on one queue: what waits, and what workers hold (what an autoscaler must keep workers for)."""
+
+    queued: int  # job ids on RQ's list ``rq:queue:<name>``: the only part a list-length trigger sees
+    running: int  # jobs workers hold: live executions in ``rq:wip:<name>`` plus jobs taken but not yet started
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.running
 
 
 class JobQueue:
@@ -46,6 +68,23 @@ class JobQueue:
 
     def depth(self) -> int:
         return self.queue.count
+
+    def load(self) -> Load:
+        """Queued and running jobs, read in one round trip without changing anything.
+
+        Running jobs are not on the queue's list: RQ moves a job it hands out to an intermediate list
+        (``<queue key>:intermediate``) and then records its execution in the StartedJobRegistry
+        (``rq:wip:<name>``, scored by heartbeat expiry), and Segue's sessions take waiting jobs off the list
+        straight into that registry. Only executions whose heartbeat has not expired count, and RQ's own
+        cleanup (which moves expired ones to the failed registry) is left to the workers.
+        """
+        registry = StartedJobRegistry(queue=self.queue)
+        pipe = self.queue.connection.pipeline(transaction=False)
+        pipe.llen(self.queue.key)
+        pipe.llen(IntermediateQueue.get_intermediate_queue_key(self.queue.key))
+        pipe.zcount(registry.key, f"({current_timestamp()}", "+inf")
+        queued, taken, started = pipe.execute()
+        return Load(queued=int(queued), running=int(taken) + int(started))
 
     def remove(self, job_id: str) -> bool:
         """Take a waiting job off the queue; True when it was there."""
