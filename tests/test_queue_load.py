@@ -55,8 +55,10 @@ def test_running_jobs_count_though_the_trigger_list_no_longer_holds_them(client,
     assert job.id == "t1"
     assert connection.llen(list_name) == 3
     assert load(client) == {"queue": "segue", "queued": 3, "running": 1, "total": 4}
-    # ...then starts, as the continuous worker's session does with the job RQ handed it.
+    # ...then starts, as the continuous worker's session does with the job RQ handed it: for an instant it is
+    # both in the intermediate list and in the started registry, and still counts once.
     worker.prepare_execution(job)
+    assert load(client) == {"queue": "segue", "queued": 3, "running": 1, "total": 4}
     worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
     assert load(client) == {"queue": "segue", "queued": 3, "running": 1, "total": 4}
 

@@ -14,7 +14,7 @@ from rq.job import Job
 from rq.exceptions import NoSuchJobError
 from rq.intermediate_queue import IntermediateQueue
 from rq.registry import StartedJobRegistry
-from rq.utils import current_timestamp
+from rq.utils import as_text, current_timestamp, parse_composite_key
 
 JOB_FUNCTION = "worker.jobs.run_task"
 
@@ -74,17 +74,20 @@ class JobQueue:
 
         Running jobs are not on the queue's list: RQ moves a job it hands out to an intermediate list
         (``<queue key>:intermediate``) and then records its execution in the StartedJobRegistry
-        (``rq:wip:<name>``, scored by heartbeat expiry), and Segue's sessions take waiting jobs off the list
-        straight into that registry. Only executions whose heartbeat has not expired count, and RQ's own
-        cleanup (which moves expired ones to the failed registry) is left to the workers.
+        (``rq:wip:<name>``, ``job_id:execution_id`` members scored by heartbeat expiry), and Segue's sessions
+        take waiting jobs off the list straight into that registry. A job is counted once even in the instant
+        it is in both; only executions whose heartbeat has not expired count, and RQ's own cleanup (which
+        moves expired ones to the failed registry) is left to the workers.
         """
         registry = StartedJobRegistry(queue=self.queue)
         pipe = self.queue.connection.pipeline(transaction=False)
         pipe.llen(self.queue.key)
-        pipe.llen(IntermediateQueue.get_intermediate_queue_key(self.queue.key))
-        pipe.zcount(registry.key, f"({current_timestamp()}", "+inf")
+        pipe.lrange(IntermediateQueue.get_intermediate_queue_key(self.queue.key), 0, -1)
+        pipe.zrangebyscore(registry.key, f"({current_timestamp()}", "+inf")
         queued, taken, started = pipe.execute()
-        return Load(queued=int(queued), running=int(taken) + int(started))
+        running = {as_text(job_id) for job_id in taken}
+        running.update(parse_composite_key(as_text(member))[0] for member in started)
+        return Load(queued=int(queued), running=len(running))
 
     def remove(self, job_id: str) -> bool:
         """Take a waiting job off the queue; True when it was there."""
