@@ -1,6 +1,6 @@
 # Quick start: `make run` (whole stack) and `make test` (all tests).
 # Both bootstrap what they need first and are safe to run again.
-.PHONY: run test bootstrap test-python test-node maintain bench bench-gpu bench-engine load update-ytdlp
+.PHONY: run test bootstrap test-python test-node maintain bench bench-gpu bench-engine load update-ytdlp images test-images
 
 PY := .venv/bin/python
 
@@ -49,3 +49,14 @@ load: bootstrap
 update-ytdlp: bootstrap
 	$(PY) -m pip install -q --upgrade 'yt-dlp[default]' yt-dlp-ejs deno
 	@$(PY) -c "from worker.pipeline.ytdlp_runtime import report; print(report())"
+
+# Container images (docs/deploy-compose.md): every Dockerfile built, with docker where a daemon runs, else buildah
+# (on machines with no registry for the public bases, from stand-in bases, said so in the output).
+images: bootstrap
+	@bash scripts/images.sh build $(IMAGES_ARGS)
+
+# Not part of `make test` (see docs/deploy-compose.md for the figures): builds every image on stand-in bases and
+# runs docker-compose.yml itself as real containers with podman, driven like the web app.
+test-images: bootstrap
+	@TORCH_SPEC='torch==2.13.0+cpu' bash scripts/images.sh build --standins
+	$(PY) -m pytest -q -p no:cacheprovider deploy/tests $(PYTEST_ARGS)
