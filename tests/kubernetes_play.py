@@ -40,6 +40,7 @@ from tests.conftest import wait_for
 PLAYED_KINDS = {"Deployment", "ConfigMap", "PersistentVolumeClaim"}
 NOT_PLAYABLE = {"Namespace", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
                 "ScaledObject", "TriggerAuthentication"}
+IMAGES = ("segue-api", "segue-worker", "segue-express-server")
 MODEL_MOUNT = "/opt/segue-test-model"
 READY_TIMEOUT = 600.0  # the worker image imports torch and loads the model on a shared 2-core machine
 TASK_TIMEOUT = 600.0
@@ -150,10 +151,11 @@ def for_podman(objects: list[dict], *, run: str, redis_url: str, mongo_url: str,
 @pytest.fixture(scope="module")
 def stack(redis_server, mongo_server, tiny_model, tmp_path_factory):
     podman("version")
-    for image in ("segue-api", "segue-worker", "segue-express-server"):
-        if podman("image", "exists", f"{image}:latest", check=False).returncode != 0:
-            pytest.fail(f"image {image}:latest is missing: `scripts/images.sh build` builds it "
-                        "(`make test-kubernetes` does)", pytrace=False)
+    tag = os.environ.get("SEGUE_IMAGE_TAG", "latest")
+    for image in IMAGES:
+        if podman("image", "exists", f"{image}:{tag}", check=False).returncode != 0:
+            pytest.fail(f"image {image}:{tag} is missing: `SEGUE_IMAGE_TAG={tag} scripts/images.sh build` builds "
+                        "it (`make test-kubernetes` does)", pytrace=False)
     run = uuid.uuid4().hex[:8]
     work = tmp_path_factory.mktemp("kube-play")
     # The worker runs as uid 10001: a world-readable copy of the tiny model.
@@ -163,7 +165,7 @@ def stack(redis_server, mongo_server, tiny_model, tmp_path_factory):
         path.chmod(0o755 if path.is_dir() else 0o644)
     work.chmod(0o755)
     ports = [_free_port(), _free_port()]
-    objects = kube.render("cpu")
+    objects = kube.render(_tagged_cpu_overlay(work, tag))
     played, secrets = for_podman(objects, run=run, redis_url=redis_server.url, mongo_url=mongo_server.url,
                                  api_port=ports[0], sidecar_port=ports[1], model_dir=model_dir)
     skipped = sorted({f"{o['kind']} {o['metadata']['name']}" for o in objects if o["kind"] in NOT_PLAYABLE})
@@ -179,6 +181,18 @@ def stack(redis_server, mongo_server, tiny_model, tmp_path_factory):
                "objects": played, "manifest": manifest}
     finally:
         _teardown(run, manifest, secrets, played)
+
+
+def _tagged_cpu_overlay(work: Path, tag: str) -> Path:
+    """A kustomization that is the cpu overlay with the images this test built (a tag of their own, so
+    images built meanwhile from another checkout under ``latest`` are never played by mistake)."""
+    folder = work / "overlay"
+    folder.mkdir()
+    cpu = os.path.relpath(kube.KUBERNETES / "overlays" / "cpu", folder)  # kustomize takes no absolute paths
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": [cpu],
+        "images": [{"name": image, "newTag": tag} for image in IMAGES]}))
+    return folder
 
 
 def _teardown(run: str, manifest: Path, secrets: dict, played: list[dict]) -> None:
