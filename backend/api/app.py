@@ -36,7 +36,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     errorhandlers.register(app)
     auth.init_app(app, settings)  # before the limiter, so limits count per API key
     ratelimit.init_app(app, settings)
-    for blueprint in (generation.bp, tasks.bp, live.bp, models.bp, health.bp, queue.bp, docs.bp, metrics_routes.bp, pages.bp):
+    for blueprint in (generation.bp, tasks.bp, live.bp, models.bp, health.bp, queue.bp, docs.bp, metrics_routes.bp,
+                      pages.bp):
         app.register_blueprint(blueprint)
     try:
         services.store.ensure_indexes()

@@ -165,4 +165,5 @@ class SSEEvent(_Response):
 
 
 #: Every model the document publishes under components/schemas (nested ones, e.g. TaskStatus, come along).
-DOCUMENTED = (Error, SubmitResponse, Task, FetchResult, Progress, Health, Ping, Ready, QueueLoad, Model, Models)
+DOCUMENTED = (Error, SubmitResponse, Task, FetchResult, Progress, Health, Ping, Ready, QueueLoad, Model,
+              Models)
