@@ -247,7 +247,7 @@ def test_generate_completes_through_the_played_cpu_overlay(stack, media_server):
     api = stack["api"]
     # The API pod: liveness (/ping) and readiness (/ready, i.e. Redis and MongoDB answer) as its probes ask.
     wait_for(lambda: (r := _get(f"{api}/ready")) is not None and r.status_code == 200,
-             timeout=120, interval=0.5, message="the API pod to be ready")
+             timeout=300, interval=0.5, message="the API pod to be ready")
     assert _get(f"{api}/ping").json() == {"status": "ok"}
     # The worker pod: its startup/readiness probe's command passes once the model is loaded.
     worker = _container(stack, "segue-worker")
@@ -282,7 +282,9 @@ def test_generate_completes_through_the_played_cpu_overlay(stack, media_server):
     assert info.samplerate == 32000 and 4 <= info.duration <= 6.1
     assert _get(f"{api}/progress/{task_id}").json() == {"progress": 100.0}
 
-    # The sidecar pod crops the result (the web app's next step).
+    # The sidecar pod crops the result (the web app's next step), once its probe's /health answers.
+    wait_for(lambda: (r := _get(f"{stack['sidecar']}/health")) is not None and r.status_code == 200,
+             timeout=300, interval=0.5, message="the sidecar pod to be ready")
     cropped = requests.post(f"{stack['sidecar']}/crop-audio",
                             json={"audioData": task["audio"], "start": 0, "end": 2}, timeout=60)
     assert cropped.status_code == 200, cropped.text
