@@ -19,8 +19,9 @@
 #                                install) from pyproject.toml; run it after changing a dependency.
 #
 # Environment: SEGUE_IMAGE_TAG (default latest); SEGUE_IMAGE_BUILDER=docker|buildah (default: docker if a
-# daemon answers); PIP_INDEX_URL / PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS (default: this machine's pip config)
-# are passed to the Python images' builds, and local folders among them are mounted read-only into the build.
+# daemon answers); TORCH_SPEC (the worker's torch, default PyPI's CUDA build). PIP_INDEX_URL,
+# PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_CERT (default: this machine's pip config) and NODE_EXTRA_CA_CERTS
+# are passed to the builds as build arguments, and local files and folders among them mounted read-only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -95,24 +96,34 @@ pip_setting() {
   "$py" -m pip config get "global.$1" 2>/dev/null || true
 }
 
-# Build arguments (and read-only mounts of local folders) that hand this machine's pip sources to a build.
-PIP_BUILD_ARGS=()
-pip_build_args() {
-  PIP_BUILD_ARGS=()
-  local key value entry dir mounts=""
-  for key in index-url extra-index-url find-links; do
+# Build arguments (and read-only mounts of local files and folders) that hand this machine's package sources
+# and trusted certificates to a build: pip's index, extra indexes, find-links and CA bundle, and Node's extra
+# CA certificates (machines behind a TLS-intercepting egress proxy need them). Sets BUILD_SOURCE_ARGS.
+BUILD_SOURCE_ARGS=()
+build_source_args() {
+  BUILD_SOURCE_ARGS=()
+  have_docker && return 0  # docker build mounts nothing: a Docker host uses PyPI and npm's registry directly
+  local key var value entry path mounts=" "
+  for key in index-url extra-index-url find-links cert; do
+    var="PIP_$(echo "$key" | tr 'a-z-' 'A-Z_')"
     value="$(pip_setting "$key" | tr '\n' ' ' | xargs)"
-    [ -n "$value" ] || continue
-    PIP_BUILD_ARGS+=(--build-arg "PIP_$(echo "$key" | tr 'a-z-' 'A-Z_')=$value")
-    for entry in $value; do
-      dir="${entry#file://}"
-      [ "${dir:0:1}" = / ] && [ -d "$dir" ] || continue
-      # A simple index's pages may link to files beside it: mount the folder that holds "simple/".
-      [ "$(basename "$dir")" = simple ] && dir="$(dirname "$dir")"
-      case " $mounts " in *" $dir "*) continue ;; esac
-      mounts="$mounts $dir"
-      PIP_BUILD_ARGS+=(-v "$dir:$dir:ro")
-    done
+    [ -n "$value" ] && add_source_arg "$var" "$value"
+  done
+  value="${NODE_EXTRA_CA_CERTS:-}"
+  [ -n "$value" ] && add_source_arg NODE_EXTRA_CA_CERTS "$value"
+  return 0
+}
+
+add_source_arg() {
+  local var="$1" value="$2" entry path
+  BUILD_SOURCE_ARGS+=(--build-arg "$var=$value")
+  for entry in $value; do
+    path="${entry#file://}"
+    [ "${path:0:1}" = / ] && [ -e "$path" ] || continue
+    # A simple index's pages may link to files beside it: mount the folder that holds "simple/".
+    [ "$(basename "$path")" = simple ] && path="$(dirname "$path")"
+    case " ${BUILD_SOURCE_ARGS[*]} " in *" $path:$path:ro "*) continue ;; esac
+    BUILD_SOURCE_ARGS+=(-v "$path:$path:ro")
   done
 }
 
@@ -133,7 +144,7 @@ build_one() {
     docker build -f "$dockerfile" -t "$name" "${args[@]}" "$context"
   else
     # --format docker keeps HEALTHCHECK (the OCI format has none); chroot isolation works on these machines.
-    buildah bud --isolation chroot --format docker --layers -f "$dockerfile" -t "$name" "$@" "$context"
+    buildah bud --isolation chroot --format docker --force-rm --layers -f "$dockerfile" -t "$name" "$@" "$context"
   fi
   say "built $name in $((SECONDS - started)) s"
 }
@@ -166,14 +177,15 @@ cmd_build() {
   python="$(pick_base "$PUBLIC_PYTHON" "$STANDIN_PYTHON" "$mode")"
   node="$(pick_base "$PUBLIC_NODE" "$STANDIN_NODE" "$mode")"
   redis="$(pick_base "$PUBLIC_REDIS" "$STANDIN_REDIS" "$mode")"
-  pip_build_args
+  build_source_args
   local torch=()
   [ -n "$TORCH_SPEC" ] && torch=(--build-arg "TORCH_SPEC=$TORCH_SPEC")
   build_one "$SEGUE_REDIS_IMAGE" Dockerfile.redis . --build-arg "REDIS_IMAGE=$redis"
-  build_one "$SEGUE_SIDECAR_IMAGE" express-server/Dockerfile express-server --build-arg "NODE_IMAGE=$node"
-  build_one "$SEGUE_API_IMAGE" Dockerfile.api . --build-arg "PYTHON_IMAGE=$python" ${PIP_BUILD_ARGS[@]+"${PIP_BUILD_ARGS[@]}"}
+  build_one "$SEGUE_SIDECAR_IMAGE" express-server/Dockerfile express-server --build-arg "NODE_IMAGE=$node" \
+    ${BUILD_SOURCE_ARGS[@]+"${BUILD_SOURCE_ARGS[@]}"}
+  build_one "$SEGUE_API_IMAGE" Dockerfile.api . --build-arg "PYTHON_IMAGE=$python" ${BUILD_SOURCE_ARGS[@]+"${BUILD_SOURCE_ARGS[@]}"}
   build_one "$SEGUE_WORKER_IMAGE" Dockerfile.worker . --build-arg "PYTHON_IMAGE=$python" \
-    ${torch[@]+"${torch[@]}"} ${PIP_BUILD_ARGS[@]+"${PIP_BUILD_ARGS[@]}"}
+    ${torch[@]+"${torch[@]}"} ${BUILD_SOURCE_ARGS[@]+"${BUILD_SOURCE_ARGS[@]}"}
   cmd_sizes
 }
 
@@ -223,11 +235,11 @@ cmd_standins() {
   fi
   if [ $force = 1 ] || ! podman image exists "$STANDIN_MONGO"; then
     say "stand-in $STANDIN_MONGO: SecantusDB $SECANTUSDB_VERSION on $STANDIN_PYTHON"
-    pip_build_args
-    buildah bud --isolation chroot --format docker --quiet -f "$STANDIN_DIR/mongo.Containerfile" \
+    build_source_args
+    buildah bud --isolation chroot --format docker --force-rm --layers --quiet -f "$STANDIN_DIR/mongo.Containerfile" \
       -t "$STANDIN_MONGO" --build-arg "PYTHON_IMAGE=$STANDIN_PYTHON" \
       --build-arg "SECANTUSDB_VERSION=$SECANTUSDB_VERSION" --build-arg "PYMONGO_VERSION=$PYMONGO_VERSION" \
-      ${PIP_BUILD_ARGS[@]+"${PIP_BUILD_ARGS[@]}"} "$STANDIN_DIR" >/dev/null
+      ${BUILD_SOURCE_ARGS[@]+"${BUILD_SOURCE_ARGS[@]}"} "$STANDIN_DIR" >/dev/null
   fi
 }
 
