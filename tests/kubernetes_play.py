@@ -124,6 +124,13 @@ def for_podman(objects: list[dict], *, run: str, redis_url: str, mongo_url: str,
             # Redis, MongoDB and the media server are this machine's loopback services.
             spec["hostNetwork"] = True
             for c in spec["containers"]:
+                # Host networking takes no port mappings: the ports go, and probes name the port's number.
+                port_numbers = {p["name"]: p["containerPort"] for p in c.pop("ports", [])}
+                for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                    http = c.get(probe, {}).get("httpGet")
+                    if http:
+                        port = port_numbers.get(http["port"], http["port"])
+                        http["port"] = {8001: api_port, 3000: sidecar_port}.get(port, port)
                 for source in c.get("envFrom", []):
                     ref = source.get("configMapRef") or source.get("secretRef")
                     ref["name"] = names[ref["name"]]
