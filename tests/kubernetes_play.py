@@ -108,7 +108,6 @@ def for_podman(objects: list[dict], *, run: str, redis_url: str, mongo_url: str,
                 "SEGUE_MODELS": MODEL_MOUNT,
                 # The media server is on loopback, which Segue refuses by default.
                 "SEGUE_ALLOW_PRIVATE_URLS": "1",
-                "SEGUE_RATE_LIMIT": "off",
             })
         if kind == "CronJob":
             # podman plays no CronJob: its job's pod template is played once as a Pod that runs to its end.
