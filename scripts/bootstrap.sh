@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_system=("ffmpeg")
-# Chromium (Debian's, driven by Playwright in the browser tests) only when asked: `make test` sets this.
-[ "${SEGUE_BOOTSTRAP_BROWSER:-0}" = "1" ] && want_system+=("chromium")
+# Chromium (Debian's, driven by Playwright in the browser tests) and libfaketime (the fault-injection suite
+# skews one worker's clock) only when asked: `make test` sets this.
+[ "${SEGUE_BOOTSTRAP_BROWSER:-0}" = "1" ] && want_system+=("chromium" "faketime")
 
 missing=()
 for tool in "${want_system[@]}"; do

@@ -114,7 +114,7 @@ def test_cancel_a_queued_task_ends_it_once(services):
 
 def test_cancel_a_running_task_asks_its_worker(services):
     task_id = _generate(services)["task_id"]
-    services.store.claim(task_id, "w1")
+    services.store.claim(task_id, "w1", "run-w1")
     view = svc.cancel_task(services, task_id)
     assert view["status"] == "processing" and view["cancel_requested"] is True  # its worker ends it soon
     assert cancellation.is_requested(services.redis, task_id)

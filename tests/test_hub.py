@@ -99,3 +99,36 @@ def test_only_a_listener_that_wants_audio_marks_the_task_listened(client, servic
     assert 0 < services.redis.ttl(LISTENING_KEY.format(task_id)) <= 5  # it lapses when nobody refreshes it
     with_audio.close()
     progress_only.close()
+
+
+def test_an_unknown_task_raises_not_found_and_leaves_no_feed(client, services):
+    import pytest
+
+    from backend.core.errors import NotFound
+    from backend.core.ids import new_task_id
+
+    hub = Hub(services, keepalive_seconds=3600)
+    for task_id in (new_task_id(), "not a task id"):  # well-formed but stored nowhere; malformed (no read at all)
+        with pytest.raises(NotFound):
+            hub.open(task_id)
+    wait_for(lambda: hub.feeds() == 0 and not _feed_threads(), timeout=30, message="no feed left")
+
+
+def test_listeners_arriving_together_share_the_feeds_one_read(client, services):
+    # Opened before the feed's read returns or after: either way the task is read once for all of them.
+    from pymongo import MongoClient
+
+    task_id = _queued(client)
+    with MongoClient(services.settings.mongo_url) as mongo:
+        def queries() -> int:
+            return int(mongo.admin.command("serverStatus")["opcounters"]["query"])
+
+        hub = Hub(services, keepalive_seconds=3600)
+        before = queries()
+        listeners = [hub.open(task_id) for _ in range(50)]
+        read = queries() - before
+        assert 1 <= read < 25, read  # one read plus the feed's checks (once a second); 50+ with a read each
+        assert hub.feeds() == 1
+        for listener in listeners:
+            listener.close()
+    assert hub.feeds() == 0

@@ -103,7 +103,7 @@ def test_end_stores_a_failure_reason_once(rt):
     assert run.done and rt.tasks_done == done_before + 1
     assert _webhooks_due(rt) == {"t1"}
     # A second word on the same task (a late stage, another worker) changes nothing.
-    late = jobs.TaskRun("t1", run.doc, run.reporter, error=RuntimeError("something else"))
+    late = jobs.TaskRun("t1", run.doc, run.reporter, "a-stale-run", error=RuntimeError("something else"))
     jobs.end(rt, late, timeout=60)
     assert rt.services.store.get_task("t1")["error"] == "the clip was silent"
 

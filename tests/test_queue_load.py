@@ -1,9 +1,10 @@
 """GET /queue against a real Redis: queued plus running, what KEDA's list-length trigger cannot see.
 
-Jobs are taken the two ways Segue's workers take them, with RQ's own worker calls: RQ hands one out
-(LMOVE into its intermediate list, then an execution in ``rq:wip:<queue>``), and a running session takes
-more straight off the list (LREM, then an execution). Either way the job leaves the list that KEDA's
-``redis`` trigger measures; ``/queue``'s ``total`` still counts it.
+Jobs are taken the two ways Segue's workers take them, with the calls the continuous worker makes (RQ's
+own worker calls and ``backend.core.taking``): RQ hands one out (LMOVE into its intermediate list, then the
+ledger of taken jobs, then an execution in ``rq:wip:<queue>``), and a running session takes more straight off
+the list into the ledger, then an execution. Either way the job leaves the list that KEDA's ``redis``
+trigger measures; ``/queue``'s ``total`` still counts it, once, at every step.
 """
 
 from pathlib import Path
@@ -15,6 +16,7 @@ from rq import SimpleWorker
 from rq.registry import StartedJobRegistry
 
 from backend.api.auth import key_digest
+from backend.core import taking
 from backend.core.jobqueue import queue_key
 
 SCALING = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes" / "base" / "worker-scaling.yaml"
@@ -55,16 +57,20 @@ def test_running_jobs_count_though_the_trigger_list_no_longer_holds_them(client,
     assert job.id == "t1"
     assert connection.llen(list_name) == 3
     assert load(client) == {"queue": "segue", "queued": 3, "running": 1, "total": 4}
-    # ...then starts, as the continuous worker's session does with the job RQ handed it: for an instant it is
-    # both in the intermediate list and in the started registry, and still counts once.
+    # ...then the session records it in the ledger and starts it (the continuous worker's ``_add``): for an
+    # instant it is in the intermediate list, the ledger and the started registry, and still counts once.
+    queue_name = services.queue.name
+    taking.hold(connection, queue_name, job.id, worker.name, "t1")
     worker.prepare_execution(job)
     assert load(client) == {"queue": "segue", "queued": 3, "running": 1, "total": 4}
     worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
     assert load(client) == {"queue": "segue", "queued": 3, "running": 1, "total": 4}
 
-    # The session takes a second job straight off the list (LREM), as slots free up in its batch.
+    # The session takes a second job straight off the list into the ledger (one atomic script), as slots
+    # free up in its batch; it counts from that instant, before its execution is registered.
+    assert taking.take(connection, list_name, queue_name, "t2", worker.name, "t2")
+    assert load(client) == {"queue": "segue", "queued": 2, "running": 2, "total": 4}
     second = services.queue.queue.fetch_job("t2")
-    assert connection.lrem(list_name, 1, "t2") == 1
     worker.prepare_execution(second)
     worker.prepare_job_execution(second)
     assert StartedJobRegistry(queue=services.queue.queue).get_job_count(cleanup=False) == 2
@@ -72,6 +78,13 @@ def test_running_jobs_count_though_the_trigger_list_no_longer_holds_them(client,
     # KEDA's list trigger now sees 2 and would size the workers for 2 tasks; 4 need a worker.
     assert connection.llen(list_name) == 2
     assert load(client) == {"queue": "segue", "queued": 2, "running": 2, "total": 4}
+
+    # A task ends: its ledger entry goes and its execution leaves the registry.
+    taking.release(connection, queue_name, "t2")
+    connection.zrem(StartedJobRegistry(queue=services.queue.queue).key,
+                    *[m for m in connection.zrange(StartedJobRegistry(queue=services.queue.queue).key, 0, -1)
+                      if m.startswith(b"t2:")])
+    assert load(client) == {"queue": "segue", "queued": 2, "running": 1, "total": 3}
 
 
 def test_an_execution_whose_heartbeat_expired_is_not_running(client, services, connection):

@@ -50,25 +50,25 @@ def test_insert_sets_created_and_expiry_from_the_ttl(store):
 
 def test_claim_takes_a_queued_task_once(store):
     store.insert_task(_task("t1"))
-    doc = store.claim("t1", "w1")
+    doc = store.claim("t1", "w1", "run-w1")
     assert doc["status"] == "processing" and doc["worker"] == "w1" and doc["attempts"] == 1
     assert _close(doc["started_at"], utcnow())
-    assert store.claim("t1", "w2") is None  # a second worker gets nothing
+    assert store.claim("t1", "w2", "run-w2") is None  # a second worker gets nothing
     assert store.get_task("t1")["worker"] == "w1"
-    assert store.claim("missing", "w1") is None
+    assert store.claim("missing", "w1", "run-w1") is None
 
 
 @pytest.mark.parametrize("status", ["processing", "completed", "failed", "canceled"])
 def test_claim_refuses_a_task_that_is_not_queued(store, status):
     store.insert_task(_task("t1", status=status))
-    assert store.claim("t1", "w1") is None
+    assert store.claim("t1", "w1", "run-w1") is None
     doc = store.get_task("t1")
     assert doc["status"] == status and doc["attempts"] == 0 and "worker" not in doc
 
 
 def test_finish_ends_a_task_once(store):
     store.insert_task(_task("t1"))
-    store.claim("t1", "w1")
+    store.claim("t1", "w1", "run-w1")
     assert store.finish("t1", "completed", {"progress": 100.0})
     first = store.get_task("t1")
     assert first["status"] == "completed" and first["progress"] == 100.0
@@ -99,13 +99,13 @@ def test_finish_refuses_a_status_that_is_not_final(store):
 
 def test_requeue_moves_only_a_processing_task_back(store):
     store.insert_task(_task("t1"))
-    store.claim("t1", "w1")
+    store.claim("t1", "w1", "run-w1")
     assert store.requeue("t1", "worker gone")
     doc = store.get_task("t1")
     assert doc["status"] == "queued" and doc["worker"] is None and doc["started_at"] is None
     assert doc["last_error"] == "worker gone" and doc["attempts"] == 1  # the count of runs is kept
     assert not store.requeue("t1", "again")  # queued already
-    assert store.claim("t1", "w2")["attempts"] == 2
+    assert store.claim("t1", "w2", "run-w2")["attempts"] == 2
     store.finish("t1", "completed")
     assert not store.requeue("t1", "after the end")
     assert store.get_task("t1")["status"] == "completed"
@@ -125,8 +125,8 @@ def test_processing_tasks_lists_what_the_reaper_needs(store):
     store.insert_task(_task("a"))
     store.insert_task(_task("b", status="completed"))
     store.insert_task(_task("c", cancel_requested=True))
-    store.claim("a", "w1")
-    store.claim("c", "w2")
+    store.claim("a", "w1", "run-w1")
+    store.claim("c", "w2", "run-w2")
     rows = {row["_id"]: row for row in store.processing_tasks()}
     assert set(rows) == {"a", "c"}
     assert rows["a"]["worker"] == "w1" and rows["a"]["attempts"] == 1 and rows["a"]["started_at"] is not None

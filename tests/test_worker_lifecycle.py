@@ -147,9 +147,9 @@ def test_queued_task_missing_from_the_queue_is_queued_again(client, services, ru
 
     task_id = client.post("/generate", json={"url": media_server.url("/click120.wav"), "duration": "8-10",
                                              "promptLength": 3}).get_json()["task_id"]
-    assert requeue_lost(services, grace_seconds=0, recheck_after=0) == 0  # still on the queue
+    assert requeue_lost(services, grace_seconds=0) == 0  # still on the queue
     services.queue.remove(task_id)  # as if a worker took it off the queue and died at once
-    assert requeue_lost(services, grace_seconds=0, recheck_after=0) == 1
+    assert requeue_lost(services, grace_seconds=0) == 1
     assert services.queue.depth() == 1
     run_worker()
     assert client.get(f"/tasks/{task_id}").get_json()["status"] == "completed"

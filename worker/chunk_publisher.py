@@ -39,6 +39,11 @@ class ChunkPublisher:
 
     def __call__(self, audio: np.ndarray, offset: int) -> None:
         interleaved = np.ascontiguousarray(audio.T, dtype="<f4")  # (samples, channels)
-        chunks.publish(self.connection, self.task_id,
-                       chunks.Chunk(self.seq, offset, self.sample_rate, int(audio.shape[0]), interleaved.tobytes()))
+        try:
+            chunks.publish(self.connection, self.task_id,
+                           chunks.Chunk(self.seq, offset, self.sample_rate, int(audio.shape[0]), interleaved.tobytes()))
+        except redis.RedisError as exc:
+            # Redis restarting: listeners lost their connection with it; the task goes on and its stored
+            # result is whole. A chunk that could not be written is skipped (seq moves on).
+            log.warning("could not publish an audio chunk of task %s: %s", self.task_id, exc)
         self.seq += 1

@@ -24,6 +24,18 @@ Fairness between models: a session stops taking jobs once a job for another
 model has waited longer than ``FAIR_WAIT_SECONDS``; it then finishes what it
 holds and RQ's order decides what runs next.
 
+Nothing taken is ever lost: a job leaves the queue only into this worker's
+entry in the ledger (``backend.core.taking``, one atomic script), and stays
+there until its task has an outcome, so housekeeping finds the tasks of a
+worker that died at any instant. A Redis or MongoDB outage pauses the
+session (``backend.core.outage``) rather than failing what it holds.
+
+Stopping (SIGTERM from compose, Kubernetes or Ctrl-C) drains: the session
+takes nothing more, finishes what it holds for up to ``SEGUE_DRAIN_SECONDS``,
+then hands whatever is left back to the front of the queue at once
+(``jobs.hand_back``); a second SIGTERM ends the drain the same way. No task
+ends ``failed`` because a worker stopped.
+
 Like ``SimpleWorker`` it runs jobs in this process, so loaded models stay
 warm; it also recycles itself (exits cleanly between sessions) after
 ``recycle_after_tasks`` tasks or above ``recycle_above_mb`` of resident
@@ -46,8 +58,9 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker.base import WorkerStatus
 
+from backend.core import faults, outage, taking
 from backend.core.errors import SegueError
-from backend.core.jobqueue import JOB_FUNCTION
+from backend.core.jobqueue import JOB_FUNCTION, later_job_id
 
 from . import jobs, runtime
 from .engine import GenerationCanceled
@@ -87,17 +100,56 @@ class Member:
     run: jobs.TaskRun | None = None
     stage: str = PREPARING
     future: Future | None = None  # of the stage running now (pool or engine)
+    handed_back: bool = False  # given back before its claim was made: the claim must not happen
 
 
 class ContinuousWorker(SimpleWorker):
     def __init__(self, *args, max_tasks: int = 8, recycle_after_tasks: int = 0, recycle_above_mb: float = 0.0,
-                 **kwargs):
+                 drain_seconds: float = 60.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_tasks = max(1, max_tasks)
         self.recycle_after_tasks = recycle_after_tasks
         self.recycle_above_mb = recycle_above_mb
+        self.drain_seconds = drain_seconds
         self.sessions_run = 0
         self.recycled = False
+        self.in_session = False
+        self.drain_until: float | None = None  # monotonic deadline of the drain once a stop was asked
+        self.hand_back_now = False  # a second stop signal: give back what is held without waiting
+
+    # -- stopping: drain, then hand back ---------------------------------------
+
+    def request_stop(self, signum, frame):
+        if self.drain_until is None:
+            self.drain_until = time.monotonic() + self.drain_seconds
+            runtime.get().draining = True
+            if self.in_session:
+                self.log.warning("Worker %s: stopping: taking no more tasks, finishing what it holds for up "
+                                 "to %.0f s, then handing the rest back (a second signal hands back now)",
+                                 self.name, self.drain_seconds)
+        super().request_stop(signum, frame)
+
+    def _shutdown(self):
+        # RQ raises StopRequested from the signal handler when it thinks the worker idle; inside a session that
+        # would tear through the jobs it holds. A session drains instead and returns when done.
+        if self.in_session:
+            self._stop_requested = True
+            self.set_shutdown_requested_date()
+            return
+        super()._shutdown()
+
+    def request_force_stop(self, signum, frame):
+        if self.in_session:
+            if self._shutdown_requested_date is not None and \
+                    (now() - self._shutdown_requested_date).total_seconds() < 1:
+                return  # the same stop delivered twice (a process group and a supervisor)
+            self.log.warning("Worker %s: second stop signal: handing back what it holds now", self.name)
+            self.hand_back_now = True
+            return
+        super().request_force_stop(signum, frame)
+
+    def must_hand_back(self) -> bool:
+        return self.hand_back_now or (self.drain_until is not None and time.monotonic() >= self.drain_until)
 
     def handle_exception(self, job: Job, *exc_info):
         # A task failure the job already recorded and logged in a sentence (a fetch refused,
@@ -112,9 +164,11 @@ class ContinuousWorker(SimpleWorker):
         if job.func_name != JOB_FUNCTION:
             return super().execute_job(job, queue)
         session = Session(self, queue)
+        self.in_session = True
         try:
             session.run(job)
         finally:
+            self.in_session = False
             self.set_state(WorkerStatus.IDLE)
             self.sessions_run += 1
             self._maybe_recycle()
@@ -162,15 +216,25 @@ class Session:
         try:
             self._add(primary, from_rq=True)
             while self.members:
+                if self.worker.must_hand_back():
+                    self._hand_back_all("the worker was stopped before it finished this task; handed back")
+                    break
                 if not self.closed_to_new and self.worker.takes_more(len(self.members)):
-                    self._take_more()
+                    try:
+                        self._take_more()
+                    except Exception as exc:  # Redis or MongoDB restarting: the held tasks go on; look again later
+                        log.warning("session for %s could not look for more jobs: %s", self.model, exc)
                 self._advance()
                 self._enforce_time_limits()
                 self._heartbeat()
                 self._wait()
+        except (SystemExit, KeyboardInterrupt):
+            # Stopped hard: what is held goes back to the queue, not to `failed`.
+            self._hand_back_all("the worker stopped abruptly while running this task; handed back")
+            raise
         except BaseException:
-            # The worker is stopping hard (SIGINT twice, SystemExit) or the session itself broke: every job
-            # still held ends failed with the reason, and its task too, so nothing is left behind.
+            # The session itself broke (a bug): every job still held ends failed with the reason, and its
+            # task too, so nothing is left behind.
             exc_info = sys.exc_info()
             for member in list(self.members):
                 if member.run is not None:
@@ -182,6 +246,23 @@ class Session:
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.rt.current_tasks = []
+
+    def _hand_back_all(self, reason: str) -> None:
+        for member in list(self.members):
+            member.handed_back = True
+            run = member.run
+            ended = run is not None and run.done
+            if run is not None and not run.done:
+                jobs.hand_back(self.rt, run, reason)
+            elif run is None:
+                # Taken but not yet claimed: its task is still `queued`; put a job for it back on the queue.
+                task_id = member.job.args[0]
+                try:
+                    self.rt.services.queue.enqueue(task_id, job_id=later_job_id(task_id, "h"), at_front=True)
+                    log.info("task %s (not yet claimed) handed back to the queue", task_id)
+                except Exception as exc:  # housekeeping's requeue_lost finds it once this worker is gone
+                    log.warning("could not hand task %s back now: %s", task_id, exc)
+            self._finalize(member, None, result="done" if ended else "handed back")
 
     def _wait(self) -> None:
         pending = [m.future for m in self.members if m.future is not None and not m.future.done()]
@@ -195,9 +276,15 @@ class Session:
         return sum(1 for m in self.members if m.stage in (PREPARING, GENERATING))
 
     def _add(self, job: Job, *, from_rq: bool) -> None:
-        execution = self.worker.prepare_execution(job)
+        connection = self.worker.connection
+        if from_rq:
+            # Into this worker's ledger before it leaves RQ's intermediate list: always findable.
+            outage.retry(f"record job {job.id}",
+                         lambda: taking.hold(connection, self.queue.name, job.id, self.worker.name, job.args[0]))
+        execution = outage.retry(f"register job {job.id}", lambda: self.worker.prepare_execution(job))
         # A job RQ handed us came through its intermediate queue; jobs we took came straight off the queue.
-        self.worker.prepare_job_execution(job, remove_from_intermediate_queue=from_rq and len(self.worker.queues) == 1)
+        outage.retry(f"start job {job.id}", lambda: self.worker.prepare_job_execution(
+            job, remove_from_intermediate_queue=from_rq and len(self.worker.queues) == 1))
         job.started_at = now()
         timeout = int(job.timeout or self.queue.DEFAULT_TIMEOUT)
         member = Member(job, execution, time.monotonic() + timeout, timeout)
@@ -205,7 +292,11 @@ class Session:
         member.future = self.pool.submit(self._claim_and_prepare, member)
 
     def _claim_and_prepare(self, member: Member) -> None:
-        run = jobs.claim(self.rt, member.job.args[0])
+        task_id = member.job.args[0]
+        faults.hold("taken", task_id)
+        if member.handed_back:
+            return
+        run = jobs.claim(self.rt, task_id)
         member.run = run
         if run is None:
             return
@@ -241,8 +332,9 @@ class Session:
                 continue
             if self._active() >= self.worker.max_tasks or not self.worker.takes_more(len(self.members)):
                 return
-            # LREM is atomic: only one worker can take a given job off the queue.
-            if connection.lrem(self.queue.key, 1, job_id):
+            # One atomic script moves it off the queue into this worker's ledger: only one worker can take a
+            # given job, and a worker killed right after still leaves it findable.
+            if taking.take(connection, self.queue.key, self.queue.name, job_id, self.worker.name, job.args[0]):
                 self._add(job, from_rq=False)
                 log.info("task %s joins the running session for %s", job.args[0], self.model)
             self.seen.pop(job_id, None)
@@ -293,13 +385,21 @@ class Session:
         error = run.error
         self._finalize(member, None if error is None else (type(error), error, error.__traceback__))
 
-    def _finalize(self, member: Member, exc_info) -> None:
+    def _finalize(self, member: Member, exc_info, *, result: str = "done") -> None:
         if member in self.members:
             self.members.remove(member)
-        if exc_info is None:
-            self.worker._finalize_success(member.job, self.queue, member.execution, "done")
-        else:
-            self.worker._finalize_failure(member.job, self.queue, member.execution, exc_info)
+        job = member.job
+
+        def record() -> None:
+            if exc_info is None:
+                self.worker._finalize_success(job, self.queue, member.execution, result)
+            else:
+                self.worker._finalize_failure(job, self.queue, member.execution, exc_info)
+
+        # RQ's records first, then the ledger: a worker that dies in between leaves an entry for a task that
+        # has its outcome, which housekeeping simply drops.
+        outage.retry(f"record the end of job {job.id}", record)
+        outage.retry(f"release job {job.id}", lambda: taking.release(self.worker.connection, self.queue.name, job.id))
 
     # -- limits and liveness ---------------------------------------------------
 

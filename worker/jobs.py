@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -32,9 +33,10 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from backend.core import cancellation, chunks, eta, metrics, webhooks
+from backend.core import cancellation, chunks, eta, faults, metrics, outage, webhooks
 from backend.core.clock import utcnow
 from backend.core.errors import SegueError, TaskFailure
+from backend.core.jobqueue import later_job_id
 from backend.core.tasks import CONTENT_TYPES
 
 from . import runtime
@@ -76,12 +78,15 @@ class TaskRun:
     task_id: str
     doc: dict
     reporter: ProgressReporter
+    run_id: str  # this attempt's token on the task document: writes of a stale run are refused
     started: float = field(default_factory=time.monotonic)
     prepared: pipeline.Prepared | None = None
     error: BaseException | None = None
     done: bool = False  # its document has its final status
     batch_size: int = 1  # the most tasks the engine decoded beside it (itself included)
     stop: threading.Event = field(default_factory=threading.Event)  # set: the engine drops it at its next step
+    # Set when the worker hands the task back (stopping): waits for a service outage end, nothing is stored.
+    abandon: threading.Event = field(default_factory=threading.Event)
 
     @property
     def model(self) -> str:
@@ -120,19 +125,32 @@ def run_task(task_id: str) -> str:
 
 
 def claim(rt: runtime.Runtime, task_id: str) -> TaskRun | None:
-    """Take a queued task for this worker; None when it is no longer queued (canceled or taken)."""
-    doc = rt.services.store.claim(task_id, rt.worker_id)
+    """Take a queued task for this worker; None when it is no longer queued (canceled or taken).
+
+    Waits out a MongoDB or Redis outage rather than failing: the job is in this worker's ledger
+    (``backend.core.taking``) meanwhile, so a worker that dies while waiting loses nothing.
+    """
+    run_id = uuid.uuid4().hex
+    faults.hold("claim", task_id)
+    store = rt.services.store
+    doc = outage.retry(f"claim task {task_id}", lambda: store.claim(task_id, rt.worker_id, run_id))
     if doc is None:
         log.info("task %s is no longer queued (canceled or taken); skipping", task_id)
         return None
+
+    def restart_stream() -> None:
+        rt.services.progress.clear(task_id)  # a retry's progress starts again from 0
+        chunks.reset(rt.services.redis, task_id)  # and its audio stream from the start
+
+    outage.retry(f"reset the progress of task {task_id}", restart_stream)
     reporter = ProgressReporter(rt.services.progress, task_id)
     reporter.report(0.5, force=True)
-    chunks.reset(rt.services.redis, task_id)  # a retry streams from the start again
-    return TaskRun(task_id, doc, reporter)
+    return TaskRun(task_id, doc, reporter, run_id)
 
 
 def prepare(rt: runtime.Runtime, run: TaskRun) -> None:
     """Everything before the model: download or decode, tempo, length; a failure is kept in ``run.error``."""
+    faults.hold("preparing", run.task_id)
     try:
         request = run.doc["request"]
         if run.doc["kind"] == "generate":
@@ -141,7 +159,8 @@ def prepare(rt: runtime.Runtime, run: TaskRun) -> None:
                                                      cookies_file=rt.settings.ytdlp_cookies or None,
                                                      upstream_proxy=rt.settings.ytdlp_proxy or None)
         else:
-            clip = rt.services.store.read_audio(run.doc["input_file_id"])
+            clip = outage.retry(f"read the input of task {run.task_id}",
+                                lambda: rt.services.store.read_audio(run.doc["input_file_id"]), give_up=run.abandon)
             run.prepared = pipeline.prepare_continue(request, clip)
         run.reporter.report(PREPARED_AT)
     except Exception as exc:
@@ -169,6 +188,8 @@ def start(rt: runtime.Runtime, run: TaskRun, engine: MusicGenEngine) -> Future:
 
     def on_progress(step: int, total: int) -> None:
         run.batch_size = max(run.batch_size, engine.running_tasks)  # called on the engine's thread
+        if step >= 1:
+            faults.hold("generating", run.task_id)
         report(step, total)
 
     request.on_progress = on_progress
@@ -198,6 +219,33 @@ def end(rt: runtime.Runtime, run: TaskRun, timeout: int) -> None:
         metrics.record_batch(rt.services.redis, run.batch_size)
     except Exception as exc:  # statistics must never fail a task
         log.warning("could not record task statistics: %s", exc)
+
+
+def hand_back(rt: runtime.Runtime, run: TaskRun, reason: str) -> bool:
+    """Give an unfinished task back to the queue, at its front (the worker is stopping).
+
+    Only while this run still holds it; its listeners see it ``queued`` again with progress 0, its audio
+    stream restarts, and the hand-back does not count against its retries. True when it was handed back.
+    """
+    run.abandon.set()
+    run.stop.set()  # generating: the engine drops it at its next step
+    run.done = True  # whatever happens below, this run stores nothing more (never `failed` for a stop)
+    services = rt.services
+    try:
+        if not services.store.requeue(run.task_id, reason, run=run.run_id, handed_back=True):
+            return False  # it ended meanwhile (completed, canceled): nothing to give back
+    except Exception as exc:  # MongoDB down: the task stays processing; housekeeping requeues it later
+        log.warning("could not hand task %s back now (%s); housekeeping will requeue it", run.task_id, exc)
+        return False
+    try:
+        services.progress.clear(run.task_id)
+        chunks.reset(services.redis, run.task_id)
+        job_id = services.queue.enqueue(run.task_id, job_id=later_job_id(run.task_id, "h"), at_front=True)
+        services.store.update(run.task_id, {"job_id": job_id})
+    except Exception as exc:  # queued in MongoDB but on no queue: housekeeping's requeue_lost finds it
+        log.warning("task %s handed back but not queued again (%s); housekeeping will", run.task_id, exc)
+    log.info("task %s handed back to the queue: %s", run.task_id, reason)
+    return True
 
 
 def _record_task(rt: runtime.Runtime, run: TaskRun, status: str, audio_seconds: float = 0.0) -> None:
@@ -234,22 +282,39 @@ def _fail(rt: runtime.Runtime, run: TaskRun, timeout: int) -> None:
         status, message = "canceled", "canceled by request"
     else:
         status, message = "failed", describe_failure(run.error, timeout)
-    if rt.services.store.finish(run.task_id, status, {"error": message, "progress": run.reporter.value},
-                                only_from=("processing",)):
-        _after_task_ended(rt, run.task_id)
+    store = rt.services.store
+    try:
+        ended = outage.retry(f"store the outcome of task {run.task_id}",
+                             lambda: store.finish(run.task_id, status, {"error": message,
+                                                                       "progress": run.reporter.value},
+                                                  only_from=("processing",), run=run.run_id),
+                             give_up=run.abandon)
+    except outage.GaveUp:
+        ended = False
+    if ended:
+        _after_task_ended(rt, run)
         _record_task(rt, run, status)
     run.done = True
     log.warning("task %s %s: %s", run.task_id, status, message,
                 exc_info=run.error if not isinstance(run.error, (SegueError, GenerationCanceled)) else None)
 
 
-def _after_task_ended(rt: runtime.Runtime, task_id: str) -> None:
-    """What follows a task's end: its webhook, and a short life for its streamed chunks."""
-    try:
+def _after_task_ended(rt: runtime.Runtime, run: TaskRun) -> None:
+    """What follows a task's end: its webhook, and a short life for its streamed chunks.
+
+    Waits out a Redis outage. Should the worker die first, housekeeping schedules the webhook of an ended
+    task that has none pending (``backend.core.maintenance.reschedule_webhooks``), so it is never lost.
+    """
+    task_id = run.task_id
+
+    def schedule() -> None:
         webhooks.schedule(rt.services.redis, task_id)
         chunks.ended(rt.services.redis, task_id)
-    except Exception as exc:  # the task's outcome is stored; a lost callback must not undo it
-        log.warning("could not schedule the webhook of task %s: %s", task_id, exc)
+
+    try:
+        outage.retry(f"schedule the webhook of task {task_id}", schedule, give_up=run.abandon)
+    except outage.GaveUp:
+        log.warning("task %s: its webhook is left to housekeeping (the worker stopped during an outage)", task_id)
 
 
 def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) -> None:
@@ -259,7 +324,9 @@ def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) 
     data = audio_ops.encode_mp3(audio, outcome.sample_rate) if fmt == "mp3" else \
         audio_ops.encode_wav(audio, outcome.sample_rate)
     store = rt.services.store
-    file_id = store.put_audio(task_id, "result", data, CONTENT_TYPES[fmt])
+    # A retried upload whose first reply was lost leaves an orphan file; it expires with its metadata.
+    file_id = outage.retry(f"store the result of task {task_id}",
+                           lambda: store.put_audio(task_id, "result", data, CONTENT_TYPES[fmt]), give_up=run.abandon)
     fields = {
         "result_file_id": file_id,
         "progress": 100.0,
@@ -274,20 +341,33 @@ def _store_result(rt: runtime.Runtime, run: TaskRun, outcome: pipeline.Outcome) 
         "result_bytes": len(data),
         "batch_size": run.batch_size,
     }
-    finished = store.finish(task_id, "completed", fields, only_from=("processing",))
+    faults.hold("storing", task_id)
+    finished = outage.retry(f"mark task {task_id} completed",
+                            lambda: store.finish(task_id, "completed", fields, only_from=("processing",),
+                                                 run=run.run_id), give_up=run.abandon)
     run.done = True
     if not finished:
         # Canceled (or reaped) while we worked: keep the outcome it already has.
         store.delete_audio(file_id)
         log.info("task %s ended elsewhere while running; result discarded", task_id)
         return
-    rt.services.progress.raise_to(task_id, 100.0)
-    _after_task_ended(rt, task_id)
+    try:  # a run that died after uploading (its task retried) left a file nobody will read
+        store.discard_other_results(task_id, file_id)
+    except Exception as exc:  # it expires with its metadata anyway
+        log.warning("could not delete earlier runs' results of task %s: %s", task_id, exc)
+    try:
+        rt.services.progress.raise_to(task_id, 100.0)
+    except Exception as exc:  # the document says 100 already (completed); the key is a cache of it
+        log.warning("could not write the final progress of task %s: %s", task_id, exc)
+    _after_task_ended(rt, run)
     # New audio only: a /continue result also holds the input clip, a /generate one its prompt.
     given = doc["request"].get("input_seconds") if doc["kind"] == "continue" else outcome.prompt_seconds
     _record_task(rt, run, "completed", max(0.0, fields["duration_seconds"] - float(given or 0.0)))
     # The input of a /continue is no longer needed once its task has a result.
     if doc.get("input_file_id") is not None:
-        store.extend_audio_expiry(doc["input_file_id"], utcnow())
+        try:
+            store.extend_audio_expiry(doc["input_file_id"], utcnow())
+        except Exception as exc:  # housekeeping: the input still expires with the task
+            log.warning("could not shorten the life of task %s's input: %s", task_id, exc)
     log.info("task %s completed in %.1f s (beside up to %d tasks)", task_id, time.monotonic() - run.started,
              run.batch_size - 1)

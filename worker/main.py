@@ -4,7 +4,9 @@ RQ's default ``Worker`` forks a child per job, which would throw the loaded
 model away each time; ``ContinuousWorker`` (a ``SimpleWorker``) runs jobs in
 this process, so the models loaded before the loop stay warm, and keeps
 taking waiting tasks for the running model into its engine as slots free up. A heartbeat thread tells ``/health``
-what this worker runs on and reaps tasks orphaned by dead workers; another sends due webhooks.
+what this worker runs on; a housekeeping thread of its own (so a slow MongoDB call can never delay a heartbeat
+past its expiry) requeues tasks of dead workers; another thread sends due webhooks. SIGTERM drains (see
+``worker.continuous_worker``).
 
 Start with ``python -m worker``.
 """
@@ -20,7 +22,7 @@ import time
 
 
 from backend.core import heartbeat, webhooks
-from backend.core.maintenance import prune, reap_orphans, requeue_lost
+from backend.core.maintenance import housekeeping, prune
 from backend.core.settings import Settings
 
 from . import runtime
@@ -35,14 +37,13 @@ RETRY_CHECK_SECONDS = 5.0
 
 
 class Heartbeat(threading.Thread):
-    """Writes this worker's heartbeat and runs housekeeping every period."""
+    """Writes this worker's heartbeat every period, and nothing else: nothing slow may delay it."""
 
     def __init__(self, rt: runtime.Runtime, info: dict):
         super().__init__(name="segue-heartbeat", daemon=True)
         self.rt = rt
         self.info = info
         self.stopped = threading.Event()
-        self._pruned_at = 0.0
         # False until the default model's first load attempt ended (loaded or failed): /health counts
         # the worker live only then, so "live" still means "ready to run the default model".
         self.ready = False
@@ -51,12 +52,38 @@ class Heartbeat(threading.Thread):
         rt = self.rt
         heartbeat.write(rt.services.redis, rt.worker_id,
                         dict(self.info, models_loaded=rt.models.loaded(), models_failed=rt.models.failures(),
-                             current_tasks=rt.current_tasks, tasks_done=rt.tasks_done, ready=self.ready),
+                             current_tasks=rt.current_tasks, tasks_done=rt.tasks_done, ready=self.ready,
+                             draining=rt.draining),
                         rt.settings.heartbeat_seconds)
 
-    def housekeeping(self) -> None:
-        reap_orphans(self.rt.services)
-        requeue_lost(self.rt.services)
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.beat()
+            except Exception as exc:  # a Redis blip must not kill the thread
+                log.warning("heartbeat failed: %s", exc)
+            self.stopped.wait(self.rt.settings.heartbeat_seconds)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            heartbeat.remove(self.rt.services.redis, self.rt.worker_id)
+        except Exception:
+            pass
+
+
+class Housekeeping(threading.Thread):
+    """Requeues what dead workers left, schedules lost webhooks, prunes expired audio (twice a period)."""
+
+    def __init__(self, rt: runtime.Runtime, info: dict, stopped: threading.Event):
+        super().__init__(name="segue-housekeeping", daemon=True)
+        self.rt = rt
+        self.info = info
+        self.stopped = stopped
+        self._pruned_at = 0.0
+
+    def once(self) -> None:
+        housekeeping(self.rt.services)
         if time.monotonic() - self._pruned_at > PRUNE_EVERY_SECONDS:
             prune(self.rt.services)
             self._pruned_at = time.monotonic()
@@ -67,18 +94,10 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                self.beat()
-                self.housekeeping()
+                self.once()
             except Exception as exc:  # Redis/Mongo blips must not kill the thread
-                log.warning("heartbeat/housekeeping failed: %s", exc)
-            self.stopped.wait(self.rt.settings.heartbeat_seconds)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        try:
-            heartbeat.remove(self.rt.services.redis, self.rt.worker_id)
-        except Exception:
-            pass
+                log.warning("housekeeping failed: %s", exc)
+            self.stopped.wait(self.rt.settings.heartbeat_seconds / 2)
 
 
 def torch_info(device: str) -> dict:
@@ -132,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     beat = Heartbeat(rt, info)
     beat.beat()
     beat.start()
+    Housekeeping(rt, info, beat.stopped).start()
     load_model(rt, settings.default_model)
     beat.ready = True
     beat.beat()
@@ -150,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = ContinuousWorker([rt.services.queue.queue], connection=rt.services.redis, name=rt.worker_id,
                               max_tasks=settings.max_batch, recycle_after_tasks=settings.recycle_after_tasks,
-                              recycle_above_mb=settings.recycle_above_mb)
+                              recycle_above_mb=settings.recycle_above_mb, drain_seconds=settings.drain_seconds)
     try:
         worker.work(logging_level=settings.log_level, with_scheduler=False)
     finally:

@@ -8,9 +8,14 @@ of 0-100 so the bar moves through fetching, generating and encoding.
 
 from __future__ import annotations
 
+import logging
 import time
 
+import redis
+
 from backend.core.progress import ProgressStore
+
+log = logging.getLogger(__name__)
 
 
 class ProgressReporter:
@@ -28,8 +33,12 @@ class ProgressReporter:
         self.value = value
         now = time.monotonic()
         if force or value - self._written >= self.min_step or now - self._written_at >= self.min_interval:
-            self._written = self.store.raise_to(self.task_id, value)
             self._written_at = now
+            try:
+                self._written = self.store.raise_to(self.task_id, value)
+            except redis.RedisError as exc:
+                # Redis restarting: the task goes on; the next write (or the final document) catches up.
+                log.warning("could not write the progress of task %s: %s", self.task_id, exc)
 
     def stage(self, start: float, end: float):
         """A callback mapping a stage's own fraction (done, total) onto [start, end]."""

@@ -14,6 +14,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 
+from backend.core import faults
 from backend.core.connections import Services
 from backend.core.settings import Settings
 
@@ -28,6 +29,7 @@ class Runtime:
     worker_id: str
     current_tasks: list[str] = field(default_factory=list)
     tasks_done: int = 0
+    draining: bool = False  # told to stop: takes no more tasks (reported in the heartbeat and /health)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -54,6 +56,7 @@ def init(settings: Settings, worker_id: str | None = None) -> Runtime:
                            max_tasks=settings.max_batch, quantize=settings.quantize,
                            cuda_graphs=settings.cuda_graphs)
 
+    faults.configure(settings.fault_hold_dir or None)
     _runtime = Runtime(settings=settings, services=Services.from_settings(settings, blocking_reads=True),
                        models=ModelCache(settings.model_cache_size, load),
                        worker_id=worker_id or new_worker_id())

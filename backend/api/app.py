@@ -9,6 +9,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from backend.api import auth, errorhandlers, ratelimit
+from backend.api.admission import StreamAdmission
 from backend.api.routes import docs, generation, health, live, models, pages, queue, tasks
 from backend.api.routes import metrics as metrics_routes
 from backend.core import audiofile
@@ -39,6 +40,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     for blueprint in (generation.bp, tasks.bp, live.bp, models.bp, health.bp, queue.bp, docs.bp, metrics_routes.bp,
                       pages.bp):
         app.register_blueprint(blueprint)
+    # Outermost: a stream request waits for its admission slot before any of Flask's work for it.
+    app.wsgi_app = app.extensions["segue_admission"] = StreamAdmission(app.wsgi_app, settings.stream_admissions)
     try:
         services.store.ensure_indexes()
     except Exception as exc:  # MongoDB may start after us; indexes are retried on first write

@@ -18,7 +18,9 @@ from backend.core.settings import Settings
 _settings = Settings.from_env()
 
 bind = f"{_settings.host}:{_settings.port}"
-worker_class = _settings.api_worker_class
+# gevent: gunicorn's gevent worker, accepting waiting connections in batches (see backend/api/gevent_worker.py).
+worker_class = {"gevent": "backend.api.gevent_worker.GeventWorker"}.get(_settings.api_worker_class,
+                                                                       _settings.api_worker_class)
 workers = _settings.api_workers
 threads = _settings.api_threads  # gthread only
 worker_connections = _settings.api_connections  # gevent only

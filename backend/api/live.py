@@ -1,7 +1,9 @@
 """What ``/tasks/<id>/events`` and ``/tasks/<id>/stream`` send: a task followed live.
 
-``follow`` yields ``("progress", {...})``, ``("audio", Chunk)`` and finally one
-``("completed"|"failed"|"canceled", task document)``. It reads the task's
+``follow`` yields ``("progress", {...})``, ``("audio", Chunk)``,
+``("requeued", {...})`` when a running task goes back to the queue (its worker
+stopped or died: its progress and audio start again, so a listener drops the
+audio it has), and finally one ``("completed"|"failed"|"canceled", task document)``. It reads the task's
 chunk stream from the start (late clients catch up), blocks on Redis for new
 chunks, and checks the task document about once a second for its end. After
 the end it drains the chunks that were still unread, so nothing is lost
@@ -23,13 +25,14 @@ DOC_CHECK_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
 
 
-def follow(services: Services, task_id: str, *, max_seconds: float | None = None,
+def follow(services: Services, task_id: str, *, doc: dict | None = None, max_seconds: float | None = None,
            should_stop: Callable[[], bool] | None = None,
            wants_audio: Callable[[], bool] | None = None) -> Iterator[tuple[str, object]]:
     """``should_stop``: checked after every Redis read (at least every ``BLOCK_MS``); True ends the generator.
     ``wants_audio``: whether a follower wants the audio now (default: yes); while one does, the task is
-    marked as listened to, so its worker decodes chunks as it generates."""
-    doc = load_task(services, task_id)  # 404 before the stream starts
+    marked as listened to, so its worker decodes chunks as it generates.
+    ``doc``: the task document when the caller has just read it (the hub reads it once for all listeners)."""
+    doc = load_task(services, task_id) if doc is None else doc  # 404 before the stream starts
     deadline = time.monotonic() + (max_seconds or services.settings.job_timeout + 600)
     after = "0-0"
     last_progress = None
@@ -73,4 +76,9 @@ def follow(services: Services, task_id: str, *, max_seconds: float | None = None
             yield "keepalive", None
         if now - checked >= DOC_CHECK_SECONDS:
             checked = now
+            previous = doc["status"]
             doc = load_task(services, task_id)
+            if previous == "processing" and doc["status"] == "queued":
+                after = "0-0"  # the next attempt streams from its start again
+                yield "requeued", {"task_id": task_id, "status": "queued", "progress": 0.0,
+                                   "reason": doc.get("last_error")}

@@ -101,6 +101,8 @@ class Health(_Response):
     pytorch: LiveOrDown = Field(description="live when a worker reported a working torch device recently.")
     status: Literal["live", "degraded"]
     workers: NonNegative = None  # type: ignore[assignment]
+    workers_draining: NonNegative = Field(None, description="Workers told to stop (SIGTERM): they finish what "  # type: ignore[assignment]
+                                          "they hold, take nothing new, then hand the rest back.")
     queue_depth: NonNegative | None = None
     device: str | list[str] | None = Field(None, description="e.g. cuda:0 or cpu")
     models_loaded: list[str] = None  # type: ignore[assignment]

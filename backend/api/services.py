@@ -194,6 +194,8 @@ def health(services: Services) -> dict:
     working = [b for b in beats if b.get("torch_ok") and b.get("ready", True)]
     report["pytorch"] = "live" if working else "down"
     report["workers"] = len(beats)
+    # A worker told to stop (SIGTERM) finishes what it holds and takes nothing new.
+    report["workers_draining"] = sum(1 for b in beats if b.get("draining"))
     devices = sorted({b.get("device") for b in working if b.get("device")})
     report["device"] = devices[0] if len(devices) == 1 else (devices or None)
     report["models_loaded"] = sorted({m for b in working for m in b.get("models_loaded", [])})
@@ -201,7 +203,7 @@ def health(services: Services) -> dict:
     report["models_failed"] = models_failed(working)
     report["worker_details"] = [
         {k: b.get(k) for k in ("worker_id", "host", "pid", "device", "models_loaded", "models_failed",
-                               "current_tasks", "tasks_done", "ready", "torch_version", "yt_dlp", "yt_dlp_age_days",
+                               "current_tasks", "tasks_done", "ready", "draining", "torch_version", "yt_dlp", "yt_dlp_age_days",
                                "js_runtime", "ejs")} for b in beats]
     alive = all(report[k] == "live" for k in ("mongodb", "redis", "pytorch"))
     # Workers that cannot load the default model cannot serve a request that names none.

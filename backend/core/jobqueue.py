@@ -6,6 +6,8 @@ the worker's torch code.
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
 
 import redis
@@ -16,7 +18,24 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.registry import StartedJobRegistry
 from rq.utils import as_text, current_timestamp, parse_composite_key
 
+from backend.core import taking
+
 JOB_FUNCTION = "worker.jobs.run_task"
+
+# A task's first job has the task's id; each later job (a retry after a crash "r", a lost job queued again
+# "q", a hand-back by a stopping worker "h") gets a fresh id so RQ's records of earlier runs stay apart.
+_LATER_JOB = re.compile(r"^(?P<task>.+)-(?:[rqh][0-9a-f]{8}|r\d+|q\d+)$")
+
+
+def later_job_id(task_id: str, kind: str) -> str:
+    assert kind in ("r", "q", "h")
+    return f"{task_id}-{kind}{uuid.uuid4().hex[:8]}"
+
+
+def task_of_job(job_id: str) -> str:
+    """The task a job id belongs to (task ids may contain dashes themselves)."""
+    match = _LATER_JOB.match(job_id)
+    return match.group("task") if match else job_id
 
 
 def queue_key(name: str) -> str:
@@ -29,7 +48,7 @@ class Load:
     """The work on one queue: what waits, and what workers hold (what an autoscaler must keep workers for)."""
 
     queued: int  # job ids on RQ's list ``rq:queue:<name>``: the only part a list-length trigger sees
-    running: int  # jobs workers hold: live executions in ``rq:wip:<name>`` plus jobs taken but not yet started
+    running: int  # jobs workers hold: being handed over, in the ledger of taken jobs, or running in ``rq:wip``
 
     @property
     def total(self) -> int:
@@ -72,20 +91,22 @@ class JobQueue:
     def load(self) -> Load:
         """Queued and running jobs, read in one round trip without changing anything.
 
-        Running jobs are not on the queue's list: RQ moves a job it hands out to an intermediate list
-        (``<queue key>:intermediate``) and then records its execution in the StartedJobRegistry
-        (``rq:wip:<name>``, ``job_id:execution_id`` members scored by heartbeat expiry), and Segue's sessions
-        take waiting jobs off the list straight into that registry. A job is counted once even in the instant
-        it is in both; only executions whose heartbeat has not expired count, and RQ's own cleanup (which
-        moves expired ones to the failed registry) is left to the workers.
+        Running jobs are not on the queue's list. RQ moves a job it hands out to its intermediate list
+        (``<queue key>:intermediate``); a worker records every job it takes in the ledger of taken jobs
+        (``backend.core.taking``: RQ's hand-overs, and the jobs a running session takes straight off the
+        list); and each job it runs has an execution in RQ's StartedJobRegistry (``rq:wip:<name>``,
+        ``job_id:execution_id`` members scored by heartbeat expiry). A job is counted once however many of
+        these hold it at an instant. Ledger entries of a worker that died count until housekeeping requeues
+        their tasks and drops them: that work still needs a worker. Nothing here cleans anything up.
         """
         registry = StartedJobRegistry(queue=self.queue)
         pipe = self.queue.connection.pipeline(transaction=False)
         pipe.llen(self.queue.key)
         pipe.lrange(IntermediateQueue.get_intermediate_queue_key(self.queue.key), 0, -1)
+        pipe.hkeys(taking.ledger_key(self.queue.name))
         pipe.zrangebyscore(registry.key, f"({current_timestamp()}", "+inf")
-        queued, taken, started = pipe.execute()
-        running = {as_text(job_id) for job_id in taken}
+        queued, handing_over, held, started = pipe.execute()
+        running = {as_text(job_id) for job_id in (*handing_over, *held)}
         running.update(parse_composite_key(as_text(member))[0] for member in started)
         return Load(queued=int(queued), running=len(running))
 

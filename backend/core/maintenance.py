@@ -3,8 +3,16 @@
 - ``reap_orphans``: a task left ``processing`` by a worker that died (SIGKILL,
   OOM, power loss) is queued again once, then failed with a reason, so no
   task stays stuck. Workers run it every heartbeat; cron runs it too.
-- ``requeue_lost``: a task ``queued`` in MongoDB but on no RQ queue (its
-  job was lost) is queued again.
+- ``requeue_lost``: a task ``queued`` in MongoDB whose job is on no RQ queue
+  and held by no live worker (``backend.core.taking``'s ledger) is queued
+  again, whatever RQ says of the old job (started, abandoned, failed).
+- ``reschedule_webhooks``: an ended task whose webhook is neither delivered,
+  given up, nor waiting in Redis (its worker died before scheduling it, or
+  Redis lost it) gets it scheduled again.
+
+Every state change names the run it belongs to (``TaskStore.requeue(run=)``),
+so two housekeepers running at once, or a housekeeper racing a worker, change
+a task at most once.
 - ``prune``: deletes expired result/input audio (task documents expire
   through MongoDB's TTL index).
 - ``check_ytdlp_age``: warns when a worker's yt-dlp (as its heartbeat
@@ -17,13 +25,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from datetime import timedelta
 from importlib import metadata
 
-from backend.core import heartbeat, webhooks
+from backend.core import chunks, faults, heartbeat, taking, webhooks
 from backend.core.clock import utcnow
 from backend.core.connections import Services
+from backend.core.jobqueue import later_job_id, task_of_job
 from backend.core.settings import Settings
 from backend.core.ytdlp_age import stale_warning
 
@@ -45,63 +53,85 @@ def reap_orphans(services: Services, *, grace_seconds: float | None = None) -> d
         if worker_id and heartbeat.is_alive(services.redis, worker_id):
             continue
         task_id = task["_id"]
-        attempts = int(task.get("attempts") or 1)
+        run = task.get("run")
+        # Hand-backs by stopping workers are not crashes: only crashes use up the task's retries.
+        crashes = int(task.get("attempts") or 1) - int(task.get("handbacks") or 0)
         if task.get("cancel_requested"):
             # Its client asked to stop it anyway: end it as asked rather than run it again.
-            if services.store.finish(task_id, "canceled", {"error": "canceled by request"}, only_from=("processing",)):
+            if services.store.finish(task_id, "canceled", {"error": "canceled by request"}, only_from=("processing",),
+                                     run=run):
                 webhooks.schedule(services.redis, task_id)
                 log.info("task %s: worker gone after a cancel request; canceled", task_id)
             continue
-        if attempts < MAX_ATTEMPTS:
+        if crashes < MAX_ATTEMPTS:
             reason = f"worker {worker_id} stopped while running this task; retrying"
-            if services.store.requeue(task_id, reason):
-                job_id = services.queue.enqueue(task_id, job_id=f"{task_id}-r{attempts}", at_front=True)
+            if services.store.requeue(task_id, reason, run=run):
+                faults.hold("requeue", task_id)
+                services.progress.clear(task_id)
+                chunks.reset(services.redis, task_id)
+                job_id = services.queue.enqueue(task_id, job_id=later_job_id(task_id, "r"), at_front=True)
                 services.store.update(task_id, {"job_id": job_id})
                 counts["requeued"] += 1
                 log.warning("requeued task %s: %s", task_id, reason)
         else:
-            reason = (f"the worker running this task stopped unexpectedly ({attempts} attempts); "
+            reason = (f"the worker running this task stopped unexpectedly ({crashes} attempts); "
                       "it was not retried again")
-            if services.store.finish(task_id, "failed", {"error": reason}, only_from=("processing",)):
+            if services.store.finish(task_id, "failed", {"error": reason}, only_from=("processing",), run=run):
                 webhooks.schedule(services.redis, task_id)
                 counts["failed"] += 1
                 log.warning("failed task %s: %s", task_id, reason)
     return counts
 
 
-def _lost_tasks(services: Services, cutoff) -> list[dict]:
-    """``queued`` tasks older than ``cutoff`` whose RQ job is on no queue and not running."""
-    # One snapshot of the queue instead of a position look-up per task: with
-    # hundreds queued, per-task LPOS would scan the list hundreds of times.
-    waiting = set(services.queue.queue.get_job_ids())
-    lost = []
-    for task in services.store.queued_before(cutoff):
-        job_id = task.get("job_id") or task["_id"]
-        if job_id not in waiting and services.queue.job_status(job_id) in (None, "queued", "canceled", "stopped"):
-            lost.append(task)
-    return lost
+def requeue_lost(services: Services, *, grace_seconds: float | None = None) -> int:
+    """Queue again tasks that are ``queued`` in MongoDB but neither waiting on the queue nor held by a live worker.
 
-
-def requeue_lost(services: Services, *, grace_seconds: float | None = None, recheck_after: float = 2.0) -> int:
-    """Queue again tasks that are ``queued`` in MongoDB but on no RQ queue.
-
-    A batching worker takes companion jobs off the queue a moment before it
-    registers them as started; if it dies in between (or Redis lost its data
-    without persistence), the task would wait forever. Checked twice, a few
-    seconds apart, so a worker caught in that moment is not mistaken for lost.
+    MongoDB is read first, then Redis in one atomic snapshot (queue, RQ's intermediate list, the ledger of
+    taken jobs). A task that moves on between the two reads (taken, claimed, ended) at worst gets a second
+    job, which finds it no longer queued and does nothing: a claim only takes a ``queued`` task.
     """
     grace = timedelta(seconds=grace_seconds if grace_seconds is not None else services.settings.heartbeat_seconds * 3)
-    cutoff = utcnow() - grace
-    if not _lost_tasks(services, cutoff):
-        return 0
-    time.sleep(recheck_after)
+    candidates = services.store.queued_before(utcnow() - grace)
+    queue = services.queue.queue
+    snap = taking.snapshot(services.redis, queue.key, queue.intermediate_queue_key, queue.name)
+    alive = {beat.get("worker_id") for beat in heartbeat.read_all(services.redis)}
+    findable = {task_of_job(j) for j in snap.waiting | snap.handing_over} | snap.held_task_ids(alive)
     requeued = 0
-    for task in _lost_tasks(services, cutoff):
-        job_id = services.queue.enqueue(task["_id"], job_id=f"{task['_id']}-q{int(time.time())}")
-        services.store.update(task["_id"], {"job_id": job_id})
+    for task in candidates:
+        task_id = task["_id"]
+        if task_id in findable:
+            continue
+        job_id = services.queue.enqueue(task_id, job_id=later_job_id(task_id, "q"))
+        services.store.update(task_id, {"job_id": job_id})
         requeued += 1
-        log.warning("task %s was queued but on no queue; queued it again", task["_id"])
+        log.warning("task %s was queued but on no queue and held by no live worker; queued it again", task_id)
+    # Entries of dead workers have served their purpose once their tasks were requeued above or are being
+    # reaped (processing); drop them so the ledger does not grow.
+    for holding in snap.held.values():
+        if holding.worker_id not in alive:
+            taking.release(services.redis, queue.name, holding.job_id)
     return requeued
+
+
+def reschedule_webhooks(services: Services, *, settle_seconds: float = 30.0) -> int:
+    """Schedule the webhook of every recently ended task that has one due but not waiting in Redis."""
+    now = utcnow()
+    window = timedelta(seconds=services.settings.webhook_retry_seconds + 3600)
+    rescheduled = 0
+    for task_id in services.store.ended_with_webhook_due(now - window, now - timedelta(seconds=settle_seconds)):
+        if services.redis.zscore(webhooks.DUE_KEY, task_id) is None:
+            webhooks.schedule(services.redis, task_id)
+            rescheduled += 1
+            log.warning("task %s ended with its webhook not scheduled; scheduled it", task_id)
+    return rescheduled
+
+
+def housekeeping(services: Services) -> dict[str, int]:
+    """Everything a worker's housekeeping thread (and cron) runs each period, prune aside."""
+    counts = reap_orphans(services)
+    lost = requeue_lost(services)
+    return {"requeued": counts["requeued"] + lost, "failed": counts["failed"],
+            "webhooks": reschedule_webhooks(services)}
 
 
 def prune(services: Services) -> int:
@@ -132,12 +162,14 @@ def check_ytdlp_age(services: Services) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    services = Services.from_settings(Settings.from_env())
-    counts = reap_orphans(services)
-    lost = requeue_lost(services)
+    settings = Settings.from_env()
+    faults.configure(settings.fault_hold_dir or None)
+    services = Services.from_settings(settings)
+    counts = housekeeping(services)
     removed = prune(services)
     check_ytdlp_age(services)
-    print(f"requeued={counts['requeued'] + lost} failed={counts['failed']} pruned_audio={removed}")
+    print(f"requeued={counts['requeued']} failed={counts['failed']} webhooks_rescheduled={counts['webhooks']} "
+          f"pruned_audio={removed}")
     return 0
 
 

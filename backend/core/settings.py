@@ -191,6 +191,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Restart a worker process (between sessions) after this many tasks; 0 = never.", int),
     Setting("SEGUE_RECYCLE_ABOVE_MB", "recycle_above_mb", 0.0,
             "Restart a worker process (between sessions) when its resident memory exceeds this, MB; 0 = never.", float),
+    Setting("SEGUE_DRAIN_SECONDS", "drain_seconds", 60.0,
+            "On SIGTERM (compose stop, Kubernetes scale-in, Ctrl-C) a worker stops taking tasks, finishes what it "
+            "holds for up to this many seconds, then hands the rest back to the queue; keep it below the "
+            "orchestrator's grace period (compose `stop_grace_period`, Kubernetes `terminationGracePeriodSeconds`).",
+            float),
+    Setting("SEGUE_FAULT_HOLD_DIR", "fault_hold_dir", "",
+            "Tests only (the fault-injection suite): a folder of hold-point files that pause a task at a named "
+            "instant; empty (always, in production) = off."),
     Setting("SEGUE_MODEL_CACHE", "model_cache_size", 2, "How many models a worker keeps loaded (LRU).", int),
     Setting("SEGUE_HEARTBEAT_SECONDS", "heartbeat_seconds", 10, "Worker heartbeat period; /health counts a worker live for 3 periods.", int),
     Setting("SEGUE_CORS_ORIGINS", "cors_origins", ("*",), "Comma list of allowed CORS origins (`*` = any).", _list),
@@ -202,6 +210,9 @@ SETTINGS: tuple[Setting, ...] = (
             "or `gthread` (each open stream holds one of `SEGUE_API_THREADS`).", _worker_class),
     Setting("SEGUE_API_CONNECTIONS", "api_connections", 2000,
             "Most simultaneous connections one API worker process serves (gevent), open streams included.", int),
+    Setting("SEGUE_STREAM_ADMISSIONS", "stream_admissions", 2,
+            "Most `/events` + `/stream` requests one API process admits at once (the rest wait their turn, "
+            "so a flood of listeners cannot crowd out `/health` and other routes); 0 = no limit.", int),
     Setting("SEGUE_MAX_STREAMS_PER_CALLER", "max_streams_per_caller", 32,
             "Most `/events` + `/stream` connections one API key (or client IP) may hold open at once, across "
             "API processes (429 beyond it); 0 = no cap.", int),

@@ -71,11 +71,18 @@ class TaskStore:
     def get_task(self, task_id: str) -> dict | None:
         return self.tasks.find_one({"_id": task_id})
 
-    def claim(self, task_id: str, worker_id: str) -> dict | None:
-        """Move a queued task to processing; None when it is no longer queued (e.g. canceled)."""
+    def claim(self, task_id: str, worker_id: str, run_id: str) -> dict | None:
+        """Move a queued task to processing for run ``run_id``; None when it is no longer queued.
+
+        Safe to call again after a lost reply (a MongoDB restart mid-call): a task this very run already
+        holds is returned as it is, without counting a second attempt.
+        """
+        mine = self.tasks.find_one({"_id": task_id, "status": "processing", "run": run_id})
+        if mine is not None:
+            return mine
         return self.tasks.find_one_and_update(
             {"_id": task_id, "status": "queued"},
-            {"$set": {"status": "processing", "started_at": utcnow(), "worker": worker_id},
+            {"$set": {"status": "processing", "started_at": utcnow(), "worker": worker_id, "run": run_id},
              "$inc": {"attempts": 1}},
             return_document=ReturnDocument.AFTER,
         )
@@ -91,28 +98,55 @@ class TaskStore:
         self.tasks.update_one({"_id": task_id}, {"$set": fields})
 
     def finish(self, task_id: str, status: str, fields: dict[str, Any] | None = None,
-               *, only_from: tuple[str, ...] = ("queued", "processing")) -> bool:
-        """End a task once: completed, failed or canceled. False if it had already ended."""
+               *, only_from: tuple[str, ...] = ("queued", "processing"), run: str | None = None) -> bool:
+        """End a task once: completed, failed or canceled. False if it had already ended.
+
+        ``run``: only while that run still holds the task, so a stale run (requeued meanwhile and taken by
+        another worker) can never store a second outcome. Safe to call again after a lost reply: a task this
+        run already ended with ``status`` answers True again.
+        """
         assert status in FINAL_STATES
         now = utcnow()
         update = dict(fields or {}, status=status, completed_at=now, expires_at=now + self.ttl)
-        result = self.tasks.update_one({"_id": task_id, "status": {"$in": list(only_from)}}, {"$set": update})
+        where: dict[str, Any] = {"_id": task_id, "status": {"$in": list(only_from)}}
+        if run is not None:
+            where["run"] = run
+            if self.tasks.find_one({"_id": task_id, "status": status, "run": run}, {"_id": 1}) is not None:
+                return True
+        result = self.tasks.update_one(where, {"$set": update})
         return result.modified_count == 1
 
-    def requeue(self, task_id: str, reason: str) -> bool:
-        result = self.tasks.update_one(
-            {"_id": task_id, "status": "processing"},
-            {"$set": {"status": "queued", "started_at": None, "worker": None, "last_error": reason}},
-        )
-        return result.modified_count == 1
+    def requeue(self, task_id: str, reason: str, *, run: str | None = None, handed_back: bool = False) -> bool:
+        """Put a processing task back to queued (its worker died, or handed it back while stopping).
+
+        ``run``: only if that run still holds it, so two housekeepers (or a housekeeper and a worker) can
+        never both requeue one run. A task handed back by a stopping worker counts a hand-back, not a crash:
+        hand-backs never use up its retries.
+        """
+        where: dict[str, Any] = {"_id": task_id, "status": "processing"}
+        if run is not None:
+            where["run"] = run
+        update: dict[str, Any] = {"$set": {"status": "queued", "started_at": None, "worker": None, "run": None,
+                                           "last_error": reason, "progress": 0.0}}
+        if handed_back:
+            update["$inc"] = {"handbacks": 1}
+        return self.tasks.update_one(where, update).modified_count == 1
 
     def processing_tasks(self) -> list[dict]:
         return list(self.tasks.find({"status": "processing"}, {"worker": 1, "attempts": 1, "started_at": 1,
-                                                                "cancel_requested": 1}))
+                                                                "cancel_requested": 1, "run": 1,
+                                                                "handbacks": 1}))
 
     def queued_before(self, cutoff: datetime) -> list[dict]:
         """``queued`` tasks created before ``cutoff`` (id and job id only): candidates for a lost job."""
         return list(self.tasks.find({"status": "queued", "created_at": {"$lt": cutoff}}, {"job_id": 1}))
+
+    def ended_with_webhook_due(self, after: datetime, before: datetime) -> list[str]:
+        """Tasks that ended between ``after`` and ``before`` with a webhook not yet delivered or given up."""
+        return [doc["_id"] for doc in self.tasks.find(
+            {"status": {"$in": list(FINAL_STATES)}, "request.webhook": {"$nin": [None, ""]},
+             "webhook_delivery.status": {"$nin": ["delivered", "failed"]},
+             "completed_at": {"$gt": after, "$lt": before}}, {"_id": 1})]
 
     def count_active(self, owner: str | None, *, limit: int) -> int:
         """Tasks of ``owner`` still ``queued`` or ``processing``, counted up to ``limit``."""
@@ -135,6 +169,15 @@ class TaskStore:
         metadata = {"task_id": task_id, "role": role, "content_type": content_type,
                     "expires_at": expires_at or utcnow() + self.ttl}
         return self.audio.upload_from_stream(f"{task_id}-{role}", data, metadata=metadata)
+
+    def discard_other_results(self, task_id: str, keep: ObjectId) -> int:
+        """Delete result files of ``task_id`` other than ``keep``: uploads of runs that died before finishing."""
+        files = self.db[f"{AUDIO_BUCKET}.files"]
+        stale = [doc["_id"] for doc in files.find({"metadata.task_id": task_id, "metadata.role": "result",
+                                                   "_id": {"$ne": keep}}, {"_id": 1})]
+        for file_id in stale:
+            self.delete_audio(file_id)
+        return len(stale)
 
     def read_audio(self, file_id: ObjectId) -> bytes:
         return self.audio.open_download_stream(file_id).read()

@@ -9,8 +9,11 @@ Durable through Redis, so a crash loses nothing:
   moves its score a lease into the future. Only the caller that moved it owns
   the attempt; if that caller dies mid-attempt, the lease runs out and another
   one delivers it. Delivery is therefore at least once: receivers can drop
-  repeats by ``X-Segue-Delivery``, which stays the same for every attempt of
-  one task's webhook.
+  repeats by ``X-Segue-Delivery`` / ``webhook-id``, which is derived from the
+  task id alone (a name-based UUID), so it is the same for every attempt by
+  every sender, even one that repeats an attempt whose 2xx it never recorded.
+  Due times and leases are Redis's own clock (``TIME``), never a machine's, so
+  workers whose clocks disagree cannot steal each other's leases.
 
 What is sent:
 
@@ -72,7 +75,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from backend.core import metrics
+from backend.core import faults, metrics
 from backend.core.connections import Services
 from backend.core.tasks import FINAL_STATES
 from backend.core.urlguard import is_forbidden_address
@@ -92,12 +95,29 @@ MAX_PER_CALL = 100
 
 # Take the earliest due entry and push its score a lease ahead, atomically:
 # whoever gets the member back owns this attempt.
+# ARGV[1] = "" means "now by Redis's clock" (ARGV[2] the lease, seconds); tests pass an explicit time.
 _CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+local now = tonumber(ARGV[1])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
 if #due == 0 then return false end
-redis.call('ZADD', KEYS[1], ARGV[2], due[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), due[1])
 return due[1]
 """
+# Names the delivery ids: uuid5(namespace, task id) is the same on every machine, for every attempt.
+DELIVERY_NAMESPACE = uuid.UUID("5e9c1d0a-6f2b-4c43-9a57-8d1f0f3b2a61")
+
+
+def delivery_id(task_id: str) -> str:
+    return str(uuid.uuid5(DELIVERY_NAMESPACE, task_id))
+
+
+def redis_now(connection: redis.Redis) -> float:
+    seconds, micros = connection.time()
+    return seconds + micros / 1_000_000
 
 
 def schedule(connection: redis.Redis, task_id: str, *, at: float | None = None) -> None:
@@ -106,7 +126,7 @@ def schedule(connection: redis.Redis, task_id: str, *, at: float | None = None) 
     Call it after the task's final state is stored. Adding a task already
     waiting keeps the earlier time (``NX``), so a double call never delays it.
     """
-    connection.zadd(DUE_KEY, {task_id: time.time() if at is None else at}, nx=True)
+    connection.zadd(DUE_KEY, {task_id: redis_now(connection) if at is None else at}, nx=True)
 
 
 def pending_count(connection: redis.Redis) -> int:
@@ -288,9 +308,9 @@ def post_within(url: str, body: bytes, headers: dict[str, str], *, timeout: floa
     return outcome[0]
 
 
-def _claim(services: Services, now: float, lease: float) -> str | None:
+def _claim(services: Services, now: float | None, lease: float) -> str | None:
     claim = services.redis.register_script(_CLAIM)
-    member = claim(keys=[DUE_KEY], args=[repr(now), repr(now + lease)])
+    member = claim(keys=[DUE_KEY], args=["" if now is None else repr(now), repr(lease)])
     if member is None:
         return None
     return member.decode() if isinstance(member, bytes) else str(member)
@@ -316,18 +336,22 @@ def deliver_one(services: Services, task_id: str, *, now: float) -> str | None:
         services.redis.zrem(DUE_KEY, task_id)
         return None
     state = dict(doc.get(DOC_FIELD) or {})
-    delivery_id = state.get("delivery_id") or str(uuid.uuid4())
+    if state.get("status") in ("delivered", "failed"):  # already settled (a housekeeper re-added it)
+        services.redis.zrem(DUE_KEY, task_id)
+        return None
+    faults.hold("webhook", task_id)
+    delivery = state.get("delivery_id") or delivery_id(task_id)
     attempts = int(state.get("attempts") or 0) + 1
     body = _payload(services, doc)
     timestamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
-               "X-Segue-Event": f"task.{doc['status']}", "X-Segue-Delivery": delivery_id,
+               "X-Segue-Event": f"task.{doc['status']}", "X-Segue-Delivery": delivery,
                "X-Segue-Timestamp": timestamp,
                # Standard Webhooks: the id stays the same on every retry, so receivers drop repeats by it.
-               "webhook-id": delivery_id, "webhook-timestamp": timestamp}
+               "webhook-id": delivery, "webhook-timestamp": timestamp}
     if settings.webhook_secret:
         headers["X-Segue-Signature"] = sign(settings.webhook_secret, timestamp, body)
-        headers["webhook-signature"] = standard_signature(settings.webhook_secret, delivery_id, timestamp, body)
+        headers["webhook-signature"] = standard_signature(settings.webhook_secret, delivery, timestamp, body)
     try:
         attempt = post_within(url, body, headers, timeout=settings.webhook_timeout,
                               allow_private=settings.allow_private_urls)
@@ -335,6 +359,7 @@ def deliver_one(services: Services, task_id: str, *, now: float) -> str | None:
         attempt, retry = Attempt(None, str(exc)), False
     else:
         retry = attempt.retryable
+    faults.hold("webhook-sent", task_id)
     next_try = now + backoff_seconds(attempts)
     if attempt.delivered:
         outcome = "delivered"
@@ -344,7 +369,7 @@ def deliver_one(services: Services, task_id: str, *, now: float) -> str | None:
         outcome = "failed"
     services.store.update(task_id, {DOC_FIELD: {
         "status": outcome, "attempts": attempts, "last_status": attempt.status, "last_error": attempt.error,
-        "delivery_id": delivery_id}})
+        "delivery_id": delivery}})
     if outcome == "pending":
         services.redis.zadd(DUE_KEY, {task_id: next_try}, xx=True)
     else:
@@ -361,10 +386,10 @@ def deliver_due(services: Services, *, now: float | None = None) -> int:
     lease = 2 * services.settings.webhook_timeout + 30
     made = 0
     for _ in range(MAX_PER_CALL):
-        moment = time.time() if now is None else now
-        task_id = _claim(services, moment, lease)
+        task_id = _claim(services, now, lease)
         if task_id is None:
             break
+        moment = redis_now(services.redis) if now is None else now
         try:
             if deliver_one(services, task_id, now=moment) is not None:
                 made += 1

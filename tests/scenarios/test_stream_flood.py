@@ -10,18 +10,31 @@ of Redis connections does not grow with the number of listeners (one reader per
 task per process: the hub). Then the per-caller cap: the stream past
 ``SEGUE_MAX_STREAMS_PER_CALLER`` gets a 429 JSON error with ``Retry-After``,
 and closing a stream frees its slot.
+
+And the flood of issue 19 on two worker processes, as deployed: hundreds of
+listeners connecting at once while ``/health`` is probed on new connections.
+Every probe answers within a generous bound (the 250 ms target is the
+benchmark's, ``bench/flood.py``), and the three mechanisms that keep the API
+free are in place: the task document is read once per feed, not per listener
+(MongoDB's query count does not grow with the listeners); admissions go through
+``SEGUE_STREAM_ADMISSIONS`` slots (the API's Redis connections stay few); each
+worker accepts waiting connections in batches (``backend.api.gevent_worker``).
 """
 
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 import sys
 import time
+from urllib.parse import urlparse
 
+import psutil
 import pytest
 import redis
 import requests
+from pymongo import MongoClient
 
 from backend.core.chunks import Chunk, publish
 from backend.dev.embedded import free_port, stop_process
@@ -34,14 +47,14 @@ LISTENERS = 240  # 30 x THREADS; 200 on /events and 40 on /stream
 CAP = LISTENERS + 6
 
 
-@pytest.fixture
-def api(settings, tmp_path):
+def _serve(settings, tmp_path, *, workers: int, cap: int, **extra: str):
+    """gunicorn with the production config, its processes' log checked when it stops; yields (port, process)."""
     port = free_port()
     env = dict(os.environ, PORT=str(port), SEGUE_HOST="127.0.0.1", REDIS_URL=settings.redis_url,
                MONGO_URL=settings.mongo_url, SEGUE_MONGO_DB=settings.mongo_db, SEGUE_MODELS=",".join(settings.models),
-               SEGUE_ALLOW_PRIVATE_URLS="1", SEGUE_API_WORKERS="1", SEGUE_API_THREADS=str(THREADS),
+               SEGUE_ALLOW_PRIVATE_URLS="1", SEGUE_API_WORKERS=str(workers), SEGUE_API_THREADS=str(THREADS),
                SEGUE_LOG_LEVEL="WARNING", SEGUE_RATE_LIMIT="off", SEGUE_READ_RATE_LIMIT="off",
-               SEGUE_MAX_QUEUED_PER_KEY="0", SEGUE_MAX_STREAMS_PER_CALLER=str(CAP))
+               SEGUE_MAX_QUEUED_PER_KEY="0", SEGUE_MAX_STREAMS_PER_CALLER=str(cap), **extra)
     env.pop("SEGUE_API_WORKER_CLASS", None)  # the default, as deployed
     log_path = tmp_path / "gunicorn.log"
     with open(log_path, "wb") as log:
@@ -58,11 +71,17 @@ def api(settings, tmp_path):
 
     wait_for(pings, timeout=60, message="gunicorn to answer /ping")
     assert process.poll() is None, log_path.read_text(errors="replace")
-    yield port
+    yield port, process
     stop_process(process, 15)
     text = log_path.read_text(errors="replace")
     assert "MonkeyPatchWarning" not in text, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture
+def api(settings, tmp_path):
+    for port, _process in _serve(settings, tmp_path, workers=1, cap=CAP):
+        yield port
 
 
 def _submit(base: str, clip: str) -> str:
@@ -145,3 +164,98 @@ def test_streams_per_caller_are_capped_with_a_429(api, settings):
         wait_for(admitted, timeout=30, interval=0.2, message="a slot to be freed")
     finally:
         pool.close()
+
+
+FLOOD = 600  # listeners connecting at once, on two worker processes (bench/flood.py: 1,000)
+PROBES = 20
+ADMISSIONS = 2  # SEGUE_STREAM_ADMISSIONS, the default
+
+
+@pytest.fixture
+def api_two_workers(settings, tmp_path):
+    yield from _serve(settings, tmp_path, workers=2, cap=FLOOD + 10, SEGUE_STREAM_ADMISSIONS=str(ADMISSIONS))
+
+
+def _mongo_queries(settings) -> int:
+    with MongoClient(settings.mongo_url) as client:
+        return int(client.admin.command("serverStatus")["opcounters"]["query"])
+
+
+def _connections_to(process: subprocess.Popen, port: int) -> int:
+    """Open TCP connections from the API's worker processes to ``port`` (Redis or MongoDB)."""
+    count = 0
+    for worker in psutil.Process(process.pid).children():
+        count += sum(1 for c in worker.net_connections(kind="tcp") if c.raddr and c.raddr.port == port)
+    return count
+
+
+def test_the_gevent_worker_is_the_batch_accepting_one():
+    from backend.api.gevent_worker import ACCEPT_BATCH, BatchAcceptServer
+
+    from gunicorn.workers import ggevent
+
+    conf = runpy.run_path(str(ROOT / "backend" / "api" / "gunicorn_conf.py"))
+    assert conf["worker_class"] == "backend.api.gevent_worker.GeventWorker"
+    # Our worker swaps the module-level name gunicorn's run() builds its servers from: a gunicorn that
+    # stopped using it would silently go back to one accept per loop turn.
+    assert "StreamServer" in ggevent.GeventWorker.run.__code__.co_names
+    server = BatchAcceptServer(("127.0.0.1", 0), handle=lambda sock, address: None)
+    try:
+        server.max_accept = 1  # what gunicorn's gevent worker sets when it runs several workers
+        assert server.max_accept == ACCEPT_BATCH > 1
+    finally:
+        server.close()
+
+
+def test_a_flood_of_listeners_does_not_stall_health(api_two_workers, settings):
+    port, process = api_two_workers
+    base = f"http://127.0.0.1:{port}"
+    clip = wav_base64()
+    task_ids = [_submit(base, clip) for _ in range(TASKS)]  # no worker: they stay queued, streams stay open
+    redis_port = urlparse(settings.redis_url).port
+    redis_before = _connections_to(process, redis_port)
+    queries_before = _mongo_queries(settings)
+    pool = ListenerPool("127.0.0.1", port)
+    try:
+        for i in range(FLOOD):
+            pool.open(f"/tasks/{task_ids[i % TASKS]}/events")
+        # Probed at once, while the API admits the flood: each probe on a new connection, which joins the
+        # kernel's accept queue behind the listeners (before the fix the first waited for all of them).
+        for _ in range(PROBES):
+            started = time.monotonic()
+            response = requests.get(f"{base}/health", timeout=30, headers={"Connection": "close"})
+            assert time.monotonic() - started < 5.0  # generous on a busy machine; the target is the benchmark's
+            assert response.status_code in (200, 503) and "redis" in response.json()
+        wait_for(lambda: pool.answered() == FLOOD, timeout=120, message="every listener to be answered")
+        assert pool.statuses() == {200: FLOOD}  # none refused: the Redis pool was never exhausted
+        assert pool.held() == FLOOD
+
+        # The task document is read once per feed (a task in a process), then once a second by that feed:
+        # nowhere near one read per listener.
+        queries = _mongo_queries(settings) - queries_before
+        assert queries < FLOOD // 2, f"{queries} MongoDB queries for {FLOOD} listeners on {TASKS} tasks"
+        # Admissions go through a few slots per process: the API's Redis connections grew by at most the
+        # slots, the feeds' blocking reads and the probes', not with the listeners (redis-py's pool holds
+        # 100 per process: past it, listeners got 503s).
+        grown = _connections_to(process, redis_port) - redis_before
+        assert grown <= 2 * (ADMISSIONS + TASKS + 4), f"{grown} more Redis connections for {FLOOD} listeners"
+
+        # What is published for a task still reaches every one of its listeners, in both processes.
+        connection = redis.Redis.from_url(settings.redis_url)
+        before = {path: list(counts) for path, counts in pool.events_per_path().items()}
+        publish(connection, task_ids[0], Chunk(0, 0, 32000, 1, b"\0" * 64))
+        target = f"/tasks/{task_ids[0]}/events"
+        wait_for(lambda: all(after > was for after, was in zip(pool.events_per_path()[target], before[target])),
+                 timeout=60, message="the chunk to reach every listener")
+    finally:
+        pool.close()
+
+
+def test_an_unknown_task_is_a_json_404_before_any_stream(api, settings):
+    base = f"http://127.0.0.1:{api}"
+    missing = _submit(base, wav_base64())[:-4] + "AAAA"  # shaped like a task id, stored nowhere
+    for route in ("events", "stream"):
+        for _ in range(3):  # the feed that found nothing is gone: each request reads again, each is a 404
+            response = requests.get(f"{base}/tasks/{missing}/{route}", timeout=10)
+            assert response.status_code == 404, response.text[:200]
+            assert response.json()["code"] == "task_not_found"

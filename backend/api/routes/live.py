@@ -1,7 +1,8 @@
 """GET /tasks/<id>/events (Server-Sent Events) and GET /tasks/<id>/stream (binary frames).
 
 Both follow the task through the process's stream hub (``backend.api.hub``): one
-reader per task per process, whatever the number of listeners. Under gunicorn's
+reader and one read of the task document per task per process, whatever the
+number of listeners. Under gunicorn's
 gevent worker (the default) a listener costs a greenlet, not a thread, so open
 streams never starve the other routes. Each caller may hold
 ``SEGUE_MAX_STREAMS_PER_CALLER`` streams open (``backend.api.streamcap``); beyond it
@@ -23,10 +24,9 @@ from backend.api import streamcap
 from backend.api.auth import current_owner
 from backend.api.context import services
 from backend.api.errors import TooManyRequests
-from backend.api.hub import hub_of
+from backend.api.hub import Listening, hub_of
 from backend.core.chunks import DTYPE
 from backend.core.errors import BadRequest
-from backend.core.view import load_task
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,10 @@ class _Stream:
     not run then).
     """
 
-    def __init__(self, chunks, lease: streamcap.Lease | None):
+    def __init__(self, chunks, lease: streamcap.Lease | None, listening: Listening):
         self._chunks = chunks
         self._lease = lease
+        self._listening = listening  # closed here too: ``chunks`` may never have started
 
     def __iter__(self):
         return self
@@ -68,31 +69,41 @@ class _Stream:
 
     def close(self) -> None:
         try:
-            self._chunks.close()
+            try:
+                self._chunks.close()
+            finally:
+                self._listening.close()
         finally:
             if self._lease is not None:
                 self._lease.release()
                 self._lease = None
 
 
-def _open(task_id: str, body, mimetype: str) -> Response:
-    """Admit one more stream for the caller (or answer 429), then serve ``body``."""
+def _open(task_id: str, body, listening, mimetype: str) -> Response:
+    """Admit one more stream for the caller (or answer 429), then serve ``body``, which iterates ``listening``."""
     s = services()
     cap = s.settings.max_streams_per_caller
     lease = None
     if cap > 0:
         owner = current_owner() or "unknown"
-        lease, count = streamcap.acquire(s.redis, owner, cap)
+        try:
+            lease, count = streamcap.acquire(s.redis, owner, cap)
+        except BaseException:
+            listening.close()
+            raise
         if lease is None:
+            listening.close()  # leaves the task's feed: this listener never started
             raise TooManyRequests(f"you already have {count} event streams open (the limit is {cap}); "
                                   "close one or retry later", code="too_many_streams",
                                   retry_after=streamcap.RETRY_AFTER_SECONDS)
-    return Response(_Stream(body, lease), mimetype=mimetype, headers=STREAM_HEADERS)
+    return Response(_Stream(body, lease, listening), mimetype=mimetype, headers=STREAM_HEADERS)
 
 
-def _listen(task_id: str, *, with_audio: bool = True):
+def _listen(task_id: str, *, with_audio: bool = True) -> Listening:
+    """Join the task's feed in this process: an unknown task is a JSON 404 here, before the stream starts.
+    The feed reads the task document once for all its listeners (``backend.api.hub``)."""
     s = services()
-    return hub_of(current_app.extensions, s).listen(task_id, with_audio=with_audio)
+    return hub_of(current_app.extensions, s).open(task_id, with_audio=with_audio)
 
 
 def _sse(event: str, data: dict, event_id: int | None = None) -> str:
@@ -114,12 +125,9 @@ def _audio_event(chunk) -> str:
 
 @bp.get("/tasks/<task_id>/events")
 def events(task_id: str):
-    s = services()
-    load_task(s, task_id)  # unknown id: a JSON 404, not an empty stream
     # Progress-only listeners (a status badge, the extension) need not download the PCM.
     with_audio = _flag(request.args.get("audio"), "audio", default=True)
-
-    events_of_task = _listen(task_id, with_audio=with_audio)
+    events_of_task = _listen(task_id, with_audio=with_audio)  # unknown id: a JSON 404, not an empty stream
 
     def generate():
         yield "retry: 2000\n\n"
@@ -139,7 +147,7 @@ def events(task_id: str):
         finally:
             events_of_task.close()
 
-    return _open(task_id, generate(), "text/event-stream")
+    return _open(task_id, generate(), events_of_task, "text/event-stream")
 
 
 def _frame(header: dict, payload: bytes = b"") -> bytes:
@@ -150,9 +158,6 @@ def _frame(header: dict, payload: bytes = b"") -> bytes:
 
 @bp.get("/tasks/<task_id>/stream")
 def stream(task_id: str):
-    s = services()
-    load_task(s, task_id)
-
     events_of_task = _listen(task_id)
 
     def generate():
@@ -176,4 +181,4 @@ def stream(task_id: str):
         yield _frame({"seq": seq, "sample_rate": None, "channels": None, "dtype": DTYPE, "offset_samples": None,
                       "final": True, "status": status})
 
-    return _open(task_id, generate(), "application/octet-stream")
+    return _open(task_id, generate(), events_of_task, "application/octet-stream")
