@@ -29,10 +29,7 @@ KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
 # The images our Dockerfiles build (`make images`), by the name the manifests give them.
 IMAGES = {"segue-api": "Dockerfile.api", "segue-worker": "Dockerfile.worker",
           "segue-express-server": "express-server/Dockerfile"}
-# Settings the manifests may set that backend/core/settings.py does not list yet: the worker's drain limit
-# comes with issue 19 (drain on SIGTERM), merged beside this work.
-PENDING_SETTINGS = {"SEGUE_DRAIN_SECONDS"}
-DRAIN_SETTING = "SEGUE_DRAIN_SECONDS"
+DRAIN_SETTING = "SEGUE_DRAIN_SECONDS"  # the worker's drain limit on SIGTERM (backend/core/settings.py)
 
 
 @pytest.fixture(scope="module", params=kube.OVERLAYS)
@@ -306,10 +303,11 @@ def test_the_workers_grace_period_covers_the_drain_limit(overlay):
 def test_configmap_holds_only_settings_segue_reads_and_they_parse(overlay):
     name, objects = overlay
     data = kube.config_data(objects)
-    known = {s.env for s in SETTINGS} | PENDING_SETTINGS
+    known = {s.env for s in SETTINGS}
     assert not set(data) - known, f"{name}: not Segue settings: {sorted(set(data) - known)}"
     settings = Settings.from_env(data)  # a bad value raises ValueError naming it
     assert settings.max_batch >= 1
+    assert settings.drain_seconds == drain_limit(objects)
     secret = kube.one(objects, "Secret", "segue-secrets")
     assert not set(secret["stringData"]) & set(data), "a setting is both in the ConfigMap and the Secret"
 
