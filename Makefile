@@ -1,6 +1,6 @@
 # Quick start: `make run` (whole stack) and `make test` (all tests).
 # Both bootstrap what they need first and are safe to run again.
-.PHONY: run test bootstrap test-python test-node docs maintain bench bench-gpu bench-engine load update-ytdlp images test-images
+.PHONY: run test bootstrap test-python test-node docs maintain bench bench-gpu bench-engine load update-ytdlp images test-images test-kubernetes
 
 PY := .venv/bin/python
 
@@ -65,3 +65,11 @@ images: bootstrap
 test-images: bootstrap
 	@TORCH_SPEC='torch==2.13.0+cpu' bash scripts/images.sh build --standins
 	$(PY) -m pytest -q -p no:cacheprovider deploy/tests $(PYTEST_ARGS)
+
+# Not part of `make test` (docs/deploy-kubernetes.md): the rendered cpu overlay of deploy/kubernetes played as
+# real pods with `podman kube play`, on images built from our Dockerfiles (own tag: other checkouts' builds
+# under `latest` are never played), one /generate driven through the API pod with the tiny model, then torn down.
+test-kubernetes: export SEGUE_IMAGE_TAG = kube-test
+test-kubernetes: bootstrap
+	@TORCH_SPEC='torch==2.13.0+cpu' bash scripts/images.sh build --standins
+	@eval "$$(bash scripts/images.sh env)" && $(PY) -m pytest -q -p no:cacheprovider tests/kubernetes_play.py $(PYTEST_ARGS)

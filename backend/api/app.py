@@ -10,7 +10,7 @@ from flask_cors import CORS
 
 from backend.api import auth, errorhandlers, ratelimit
 from backend.api.admission import StreamAdmission
-from backend.api.routes import docs, generation, health, live, models, pages, tasks
+from backend.api.routes import docs, generation, health, live, models, pages, queue, tasks
 from backend.api.routes import metrics as metrics_routes
 from backend.core import audiofile
 from backend.core.connections import Services
@@ -37,7 +37,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     errorhandlers.register(app)
     auth.init_app(app, settings)  # before the limiter, so limits count per API key
     ratelimit.init_app(app, settings)
-    for blueprint in (generation.bp, tasks.bp, live.bp, models.bp, health.bp, docs.bp, metrics_routes.bp, pages.bp):
+    for blueprint in (generation.bp, tasks.bp, live.bp, models.bp, health.bp, queue.bp, docs.bp, metrics_routes.bp,
+                      pages.bp):
         app.register_blueprint(blueprint)
     # Outermost: a stream request waits for its admission slot before any of Flask's work for it.
     app.wsgi_app = app.extensions["segue_admission"] = StreamAdmission(app.wsgi_app, settings.stream_admissions)

@@ -22,7 +22,8 @@ from backend.api.errors import Forbidden, Unauthorized
 from backend.core.settings import Settings
 
 #: Paths that never need a key: probes, metrics for scrapers, the list of models, documentation and pages.
-EXEMPT_PATHS = frozenset({"/health", "/ping", "/openapi.json", "/docs", "/models", "/metrics", "/", "/status"})
+EXEMPT_PATHS = frozenset({"/health", "/ping", "/ready", "/queue", "/openapi.json", "/docs", "/models", "/metrics",
+                          "/", "/status"})
 EXEMPT_PREFIXES = ("/static/", "/docs/")
 
 #: Length of the digest prefix that names a key in Redis counters and on task documents.

@@ -164,6 +164,26 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "tags": ["service"],
             "responses": {"200": json_ref("Ping", "The API process answers.")},
         }},
+        "/ready": {"get": {
+            "operationId": "ready",
+            "summary": "Readiness: Redis and MongoDB answer",
+            "description": "What a readiness probe asks: 200 when this API process can take requests (Redis and "
+                           "MongoDB answer), else 503 with the same document. Unlike `/health` it needs no "
+                           "live worker, so API pods stay in service while workers are scaled to zero.",
+            "tags": ["service"],
+            "responses": {"200": json_ref("Ready", "Redis and MongoDB answer."),
+                          "503": json_ref("Ready", "Redis or MongoDB does not answer.")},
+        }},
+        "/queue": {"get": {
+            "operationId": "queueLoad",
+            "summary": "Queued plus running tasks, for autoscalers",
+            "description": "`total` is what needs workers now: tasks waiting on the queue's Redis list plus tasks "
+                           "workers hold, which a list-length trigger cannot see. KEDA's `metrics-api` trigger "
+                           "reads it (`valueLocation: total`). No API key needed, like `/health`.",
+            "tags": ["service"],
+            "responses": {"200": json_ref("QueueLoad", "The counts, read from Redis now."),
+                          "503": error_ref("Unavailable")},
+        }},
         "/openapi.json": {"get": {
             "operationId": "openapi",
             "summary": "This document",

@@ -118,6 +118,24 @@ class Ping(_Response):
     status: Literal["ok"]
 
 
+class Ready(_Response):
+    """Whether this API process can take requests: Redis and MongoDB answer (workers are not needed)."""
+
+    status: Literal["ready", "unavailable"]
+    redis: LiveOrDown
+    mongodb: LiveOrDown
+
+
+class QueueLoad(_Response):
+    """The work on the task queue, for autoscalers (KEDA's metrics-api trigger reads `total`)."""
+
+    queue: str = Field(description="The RQ queue's name (`SEGUE_QUEUE`); its waiting ids are the Redis list "
+                                   "`rq:queue:<queue>`.")
+    queued: NonNegative = Field(description="Tasks waiting on the queue's list: all a list-length trigger sees.")
+    running: NonNegative = Field(description="Tasks workers hold (taken off the list, running or about to).")
+    total: NonNegative = Field(description="`queued + running`: the work that needs workers now.")
+
+
 class Model(_Response):
     id: str = Field(description="Pass as `model` in requests.")
     description: str | None = Field(description="Default text prompt used when a request has none "
@@ -149,4 +167,5 @@ class SSEEvent(_Response):
 
 
 #: Every model the document publishes under components/schemas (nested ones, e.g. TaskStatus, come along).
-DOCUMENTED = (Error, SubmitResponse, Task, FetchResult, Progress, Health, Ping, Model, Models)
+DOCUMENTED = (Error, SubmitResponse, Task, FetchResult, Progress, Health, Ping, Ready, QueueLoad, Model,
+              Models)

@@ -151,6 +151,29 @@ def models_view(services: Services) -> dict:
 
 # -- health -----------------------------------------------------------------------
 
+def ready(services: Services) -> dict:
+    """Can this API process take requests? Redis and MongoDB must answer; workers may be scaled to zero."""
+    report: dict[str, Any] = {}
+    try:
+        services.redis.ping()
+        report["redis"] = "live"
+    except redis.RedisError:
+        report["redis"] = "down"
+    try:
+        services.store.ping()
+        report["mongodb"] = "live"
+    except Exception:  # any failure means the store is unusable right now
+        report["mongodb"] = "down"
+    report["status"] = "ready" if report["redis"] == report["mongodb"] == "live" else "unavailable"
+    return {"status": report["status"], "redis": report["redis"], "mongodb": report["mongodb"]}
+
+
+def queue_load(services: Services) -> dict:
+    """Queued plus running tasks (a Redis error reaches the JSON 503 handler)."""
+    load = services.queue.load()
+    return {"queue": services.queue.name, "queued": load.queued, "running": load.running, "total": load.total}
+
+
 def health(services: Services) -> dict:
     report: dict[str, Any] = {}
     try:

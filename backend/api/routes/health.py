@@ -1,4 +1,4 @@
-"""GET /health (the status page's data) and GET /ping (a liveness probe for containers)."""
+"""GET /health (the status page's data), GET /ping (liveness) and GET /ready (readiness) for containers."""
 
 from flask import Blueprint, jsonify
 
@@ -17,3 +17,10 @@ def health():
 @bp.get("/ping")
 def ping():
     return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready():
+    # A readiness probe: 503 takes this process out of its Service until Redis and MongoDB answer again.
+    report = svc.ready(services())
+    return jsonify(report), 200 if report["status"] == "ready" else 503
