@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 
-from tests.conftest import noise
+from tests.conftest import engine_in_modes, noise
 from worker.engine import GenerationRequest
 from worker.engine.streaming import RowStreamer
+
+# Every test here runs in float32 and in int8-rows (tests.conftest.ENGINE_MODES).
+engine = engine_in_modes()
 
 
 def _collect():
