@@ -12,7 +12,10 @@ each reports its median and its fastest round. Also, per candidate:
 
 - ``relerr``: relative error of the 16-row output against float32;
 - ``rows_independent``: whether the first two rows come out bit for bit the
-  same alone as in the 16-row batch (what the engine's seed guarantee needs).
+  same alone as in the 16-row batch (what the engine's seed guarantee needs);
+- ``cpu_ms_*``: the process's CPU time per pass. With ``--threads 1`` it is
+  the figure least disturbed by other processes on a shared machine (time
+  slicing does not count; contention for caches and memory still does).
 
 Candidates: ``fp32``; ``int8`` (torch dynamic int8, one activation scale per
 call); ``int8-rows`` (the same kernel, one scale per row:
@@ -185,11 +188,12 @@ def compiled_candidates(blocks: int) -> tuple[torch.nn.Module, dict]:
     return small, out
 
 
-def timed(model, x: torch.Tensor, passes: int) -> float:
-    started = time.perf_counter()
+def timed(model, x: torch.Tensor, passes: int) -> tuple[float, float]:
+    """Wall ms and process CPU ms per pass."""
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(passes):
         model(x)
-    return (time.perf_counter() - started) / passes * 1000
+    return (time.perf_counter() - started) / passes * 1000, (time.process_time() - cpu) / passes * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = {rows: torch.randn(rows, 1, WIDTH, generator=torch.Generator().manual_seed(rows)) for rows in (2, 16)}
         result: dict = {"threads": args.threads, "rounds": args.rounds, "candidates": {}}
         times: dict = {}
+        cpu_times: dict = {}
         with torch.inference_mode():
             for name, model in candidates.items():
                 started = time.perf_counter()
@@ -241,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.rounds):
                 for name, model in candidates.items():
                     for rows, x in inputs.items():
-                        times.setdefault((name, rows), []).append(timed(model, x, args.passes) * scale[name])
+                        wall, cpu = timed(model, x, args.passes)
+                        times.setdefault((name, rows), []).append(wall * scale[name])
+                        cpu_times.setdefault((name, rows), []).append(cpu * scale[name])
                 log(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
                     f"{name} {times[(name, 2)][-1]:.0f}/{times[(name, 16)][-1]:.0f}" for name in candidates))
     for name in candidates:
@@ -249,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         for rows in (2, 16):
             entry[f"ms_{rows}_rows_median"] = round(statistics.median(times[(name, rows)]), 1)
             entry[f"ms_{rows}_rows_min"] = round(min(times[(name, rows)]), 1)
+            entry[f"cpu_ms_{rows}_rows_median"] = round(statistics.median(cpu_times[(name, rows)]), 1)
         if scale[name] != 1.0:
             entry["scaled_from_blocks"] = args.compile_blocks
     print(json.dumps(result), flush=True)
