@@ -87,19 +87,23 @@ def copy_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return source.numel() * 4 / best / 1e9
 
 
-def step_figures(engines: dict, settler, log: Callable[[str], None], steps: int = 3, positions: int = 150) -> dict:
-    """ms per decoding step at 1 and 8 tasks for each engine (float32 first, the CPU default last);
-    the CPU default's steps at a musician's positions and its share of the memory bandwidth; drift."""
-    from worker.engine.quantize import CPU_DEFAULT, step_weight_bytes
+def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None], steps: int = 3,
+                 positions: int = 150) -> dict:
+    """ms per decoding step at 1 and 8 tasks: float32, int8 (a quantized copy of the float32 decoder: no
+    third engine and cache in memory) and the CPU default; the CPU default's steps at a musician's
+    positions and its share of the memory bandwidth; drift."""
+    from worker.engine.quantize import CPU_DEFAULT, quantize_decoder, step_weight_bytes
 
     from .engine_v2 import Setup, drift_of
 
-    model = engines["fp32"].model
+    model = fp32_engine.model
+    decoders = {"fp32": model.decoder, "int8": quantize_decoder(model.decoder, "int8"),
+                CPU_DEFAULT: chosen_engine.decoder}
     best: dict = {}
-    setups = {(name, tasks, positions): Setup(model, engine.decoder, tasks, positions)
-              for name, engine in engines.items() for tasks in (1, 8)}
+    setups = {(name, tasks, positions): Setup(model, decoder, tasks, positions)
+              for name, decoder in decoders.items() for tasks in (1, 8)}
     for tasks in (1, 8):
-        setups[(CPU_DEFAULT, tasks, MUSICIAN_POSITIONS)] = Setup(model, engines[CPU_DEFAULT].decoder, tasks,
+        setups[(CPU_DEFAULT, tasks, MUSICIAN_POSITIONS)] = Setup(model, decoders[CPU_DEFAULT], tasks,
                                                                  MUSICIAN_POSITIONS)
     bandwidths = []
     for round_ in range(2):
@@ -111,9 +115,10 @@ def step_figures(engines: dict, settler, log: Callable[[str], None], steps: int 
             log(f"step {key[0]} x{key[1]} at {key[2]} positions: {ms:.1f} ms (round {round_ + 1})")
     del setups
     bandwidth = max(bandwidths)
-    weight_bytes = step_weight_bytes(engines[CPU_DEFAULT].decoder)
+    weight_bytes = step_weight_bytes(decoders[CPU_DEFAULT])
     step_1 = best[(CPU_DEFAULT, 1, MUSICIAN_POSITIONS)]
-    drifts = drift_of(model, {name: engine.decoder for name, engine in engines.items()}, positions)
+    drifts = drift_of(model, decoders, positions)
+    del decoders["int8"]
     return {
         "step_ms": {f"{name}_x{tasks}": round(ms, 1) for (name, tasks, at), ms in best.items() if at == positions},
         "step_8_vs_1": round(best[("fp32", 8, positions)] / best[("fp32", 1, positions)], 3),
@@ -277,19 +282,16 @@ def measure(model: Path, settler, log: Callable[[str], None]) -> dict:
     from worker.engine.quantize import CPU_DEFAULT
 
     threads = torch.get_num_threads()
-    engines = {"fp32": MusicGenEngine(str(model), device="cpu"),
-               "int8": MusicGenEngine(str(model), device="cpu", quantize="int8"),
-               CPU_DEFAULT: MusicGenEngine(str(model), device="cpu", quantize=CPU_DEFAULT)}
+    fp32 = MusicGenEngine(str(model), device="cpu")
+    chosen = MusicGenEngine(str(model), device="cpu", quantize=CPU_DEFAULT)
     try:
-        result = step_figures(engines, settler, log)
-        chosen = engines[CPU_DEFAULT]
-        for name in ("fp32", "int8"):
-            engines.pop(name).close()
+        result = step_figures(fp32, chosen, settler, log)
+        fp32.close()
         result.update(poisson(chosen, settler, log))
         result.update(first_chunk_under_load(chosen, settler, log))
         result.update(streaming_overhead(chosen, settler, log))
     finally:
-        for engine in engines.values():
-            engine.close()
+        fp32.close()
+        chosen.close()
         torch.set_num_threads(threads)
     return result
