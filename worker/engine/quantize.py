@@ -113,9 +113,11 @@ class RowScaledInt8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        low = flat.amin(dim=1, keepdim=True)
-        span = (flat.amax(dim=1, keepdim=True) - low).clamp_min(1e-30)
-        unit = ((flat - low) / span).clamp_(0.0, 1.0)  # rounding may step a hair outside
+        low, high = torch.aminmax(flat, dim=1, keepdim=True)
+        span = (high - low).clamp_min_(1e-30)
+        # No clamp needed: x - low >= 0 exactly, and (x - low) <= (high - low) = span after rounding
+        # (rounding is monotonic), so every unit value lies in [0, 1].
+        unit = (flat - low).div_(span)
         out = torch.addcmul(low * self.row_sums, self.inner(torch.cat([unit, self.anchor]))[:-1], span)
         if self.bias is not None:
             out = out + self.bias
