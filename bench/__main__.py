@@ -7,17 +7,25 @@ cores anything running beside a measurement would distort it):
 2. ``baseline``, the old design: a forking RQ worker loading the model inside
    each of 8 jobs, run one after another;
 3. Segue end to end through API, queue and worker (``python -m
-   backend.dev.devstack``), float32: one task at a time (``single``), then 8
-   concurrent tasks (``batched``), then a 10 s continuation followed live;
-4. Segue end to end with ``SEGUE_QUANTIZE=int8``: 8 concurrent tasks
+   backend.dev.devstack``), float32 (``SEGUE_QUANTIZE=off``): one task at a
+   time (``single``), then 8 concurrent tasks (``batched``);
+4. Segue end to end in the CPU workers' default precision
+   (``SEGUE_QUANTIZE=auto``, i.e. ``int8-rows``): 8 concurrent tasks
    (``throughput_vs_baseline``: the old design against Segue on a CPU host);
+   a musician's task, a 6 s prompt continued by 10 s, alone
+   (``realtime_factor_1``: seconds of new audio per second of wall time,
+   submit to completed) and 8 at once (``realtime_factor_8``, in
+   aggregate); then a 10 s continuation followed live (time to first audio);
 5. the engine in-process (``bench.policies``): decoding steps at 1 and 8
-   tasks, float32 and int8; Poisson arrivals and the first chunk under load,
-   iteration-level scheduling against the static policy; streaming's cost.
+   tasks, float32, int8 and the default (``step_ms_1``, ``step_ms_8``,
+   ``bandwidth_share_1``, ``drift``); Poisson arrivals and the first chunk
+   under load, iteration-level scheduling against the static policy;
+   streaming's cost.
 
-Each task of 1-4 continues a 2 s prompt by 1 s (see ``bench.workload``). The
-model is a random-weights MusicGen with musicgen-small's exact architecture,
-built offline and cached (weights do not change speed).
+Each task of 1-4 continues a 2 s prompt by 1 s (see ``bench.workload``),
+except the musician's tasks of 4. The model is a random-weights MusicGen
+with musicgen-small's exact architecture, built offline and cached (weights
+do not change speed).
 
 Prints progress on stderr, then a table and one JSON line on stdout. Exits
 non-zero only when something broke, not when a target is missed.
@@ -73,26 +81,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-seconds", type=float, default=1.0)
     parser.add_argument("--stream-seconds", type=float, default=10.0,
                         help="new audio of the streaming measurement (time to first chunk); 0 skips it")
+    parser.add_argument("--no-realtime", dest="realtime", action="store_false",
+                        help="skip the musician's tasks (realtime_factor_1, realtime_factor_8)")
     parser.add_argument("--max-quiet-wait", type=float, default=180.0,
                         help="seconds to wait for other processes to calm down before each measurement")
     return parser.parse_args(argv)
 
 
-def run_segue_int8(args, work: Workload, data_dir: Path, timed) -> float:
-    """8 concurrent tasks through a stack whose worker runs the decoder in int8."""
+MUSICIAN = Workload(6.0, 10.0)  # a musician's task: a 6 s prompt continued by 10 s
+
+
+def run_segue_int8(args, work: Workload, data_dir: Path, timed) -> dict:
+    """Through a stack in the CPU default precision: 8 concurrent tasks of the work unit; a musician's task
+    alone and 8 at once (real-time factors); the streamed 10 s continuation."""
     from .segue_stack import SegueStack
 
     stack = SegueStack(args.model, data_dir / "segue-int8", LOG_DIR / "stack-int8.log", max_batch=args.batch,
-                       extra_env={"SEGUE_QUANTIZE": "int8"})
+                       extra_env={"SEGUE_QUANTIZE": "auto"})
     prompt = work.prompt_b64()
     try:
-        log("segue int8: starting the stack")
+        log("segue int8-rows: starting the stack")
         stack.start()
-        timed("segue int8 warm-up", lambda: stack.run_one(work, 0, prompt), retries=0)
-        seconds, docs = timed(f"segue int8 batched {args.batch}",
+        timed("segue int8-rows warm-up", lambda: stack.run_one(work, 0, prompt), retries=0)
+        seconds, docs = timed(f"segue int8-rows batched {args.batch}",
                               lambda: stack.run_concurrent(work, [200 + i for i in range(args.batch)], prompt))
-        log(f"segue int8: {args.batch} concurrent tasks: {seconds:.2f} s")
-        return seconds
+        log(f"segue int8-rows: {args.batch} concurrent tasks: {seconds:.2f} s")
+        result = {"batched_s": seconds}
+        if args.realtime:
+            song = MUSICIAN.prompt_b64()
+            one, _ = timed("segue musician x1", lambda: stack.run_one(MUSICIAN, 300, song))
+            eight, _ = timed(f"segue musician x{args.batch}",
+                             lambda: stack.run_concurrent(MUSICIAN, [400 + i for i in range(args.batch)], song))
+            result.update({"musician_1_s": one, "musician_8_s": eight,
+                           "realtime_factor_1": MUSICIAN.new_seconds / one,
+                           "realtime_factor_8": args.batch * MUSICIAN.new_seconds / eight})
+            log(f"segue int8-rows: a 6 s + 10 s task alone in {one:.1f} s, {args.batch} at once in {eight:.1f} s")
+        if args.stream_seconds > 0:
+            from . import first_audio
+
+            stream_work = Workload(work.prompt_seconds, args.stream_seconds)
+            streaming = timed("segue streaming", lambda: first_audio.measure(stack.api, stream_work), retries=0)
+            log(f"segue: {args.stream_seconds:g} s continuation: first audio after {streaming['first_audio_s']:.2f} s, "
+                f"done after {streaming['total_s']:.2f} s ({streaming['chunks']} chunks)")
+            result["streaming"] = streaming
+        return result
     except Exception:
         log("segue int8: failed; last lines of the stack log:\n" + stack.log_tail())
         raise
@@ -103,7 +135,8 @@ def run_segue_int8(args, work: Workload, data_dir: Path, timed) -> float:
 def run_segue(args, work: Workload, data_dir: Path, timed) -> dict:
     from .segue_stack import SegueStack
 
-    stack = SegueStack(args.model, data_dir / "segue", LOG_DIR / "stack.log", max_batch=args.batch)
+    stack = SegueStack(args.model, data_dir / "segue", LOG_DIR / "stack.log", max_batch=args.batch,
+                       extra_env={"SEGUE_QUANTIZE": "off"})
     prompt = work.prompt_b64()
     stack.log_path.write_bytes(b"")  # batch sizes are read back from this run's log
     try:
@@ -124,20 +157,12 @@ def run_segue(args, work: Workload, data_dir: Path, timed) -> dict:
             sizes = stack.batch_sizes([doc["task_id"] for doc in docs])
         log(f"segue: {args.batch} concurrent tasks: {batched:.2f} s (all accepted after {stack.last_submit_s:.2f} s; "
             f"batch sizes seen by the tasks: {sizes})")
-        streaming = None
-        if args.stream_seconds > 0:
-            from . import first_audio
-
-            stream_work = Workload(work.prompt_seconds, args.stream_seconds)
-            streaming = timed("segue streaming", lambda: first_audio.measure(stack.api, stream_work), retries=0)
-            log(f"segue: {args.stream_seconds:g} s continuation: first audio after {streaming['first_audio_s']:.2f} s, "
-                f"done after {streaming['total_s']:.2f} s ({streaming['chunks']} chunks)")
         for doc in single_docs + docs:
             if abs(float(doc.get("duration_seconds") or 0) - work.total_seconds) > 0.05:
                 raise RuntimeError(f"task {doc['task_id']} returned {doc.get('duration_seconds')} s of audio, "
                                    f"expected {work.total_seconds:g} s")
         return {"start_s": start_s, "submit_spread_s": stack.last_submit_s, "single_s": single, "batched_s": batched,
-                "batch_sizes": sizes, "streaming": streaming,
+                "batch_sizes": sizes,
                 "processing_ms_single": [d.get("processing_time_ms") for d in single_docs],
                 "processing_ms_batched": [d.get("processing_time_ms") for d in docs]}
     except Exception:
@@ -179,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                                     data_dir=data_dir, log_path=LOG_DIR / "baseline.log",
                                     timed=settler.measure, log=log)
         segue = run_segue(args, work, data_dir, settler.measure)
-        segue_int8_s = run_segue_int8(args, work, data_dir, settler.measure)
+        quantized = run_segue_int8(args, work, data_dir, settler.measure)
+        segue_int8_s = quantized["batched_s"]
     from . import policies
 
     engine = policies.measure(args.model, settler, log)
@@ -195,12 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         report.Row(f"raw batch {args.batch}", raw_result["batched_s"], args.batch, "one model.generate call"),
         report.Row(f"segue batched {args.batch}", segue["batched_s"], args.batch,
                    f"{args.batch} concurrent clients; batch sizes {sorted(set(segue['batch_sizes']))}"),
-        report.Row(f"segue int8 batched {args.batch}", segue_int8_s, args.batch, "SEGUE_QUANTIZE=int8"),
+        report.Row(f"segue int8 batched {args.batch}", segue_int8_s, args.batch, "SEGUE_QUANTIZE=auto (int8-rows)"),
     ]
     result = report.ratios(base["wall_s"], raw1, single, raw_result["batched_s"], segue["batched_s"], segue_int8_s)
     result.update({key: engine[key] for key in ("step_8_vs_1", "int8_speedup", "poisson_p95_vs_static",
                                                 "poisson_makespan_vs_static", "first_chunk_under_load_vs_static",
-                                                "streaming_overhead")})
+                                                "streaming_overhead", "step_ms_1", "step_ms_8",
+                                                "bandwidth_share_1", "drift")})
+    result["drift_top1_agreement"] = engine["drift"]["top1_agreement"]
+    if args.realtime:
+        result.update({key: round(quantized[key], 3) for key in ("realtime_factor_1", "realtime_factor_8")})
+        result.update({"musician_task": {"prompt_seconds": MUSICIAN.prompt_seconds,
+                                         "new_seconds": MUSICIAN.new_seconds,
+                                         "alone_s": round(quantized["musician_1_s"], 2),
+                                         f"x{args.batch}_s": round(quantized["musician_8_s"], 2)}})
     met = report.targets_met(result)
     result.update({
         "segue_int8_batched_s": round(segue_int8_s, 3),
@@ -235,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets_met": all(met.values()),
         "total_runtime_s": round(time.perf_counter() - began, 1),
     })
-    streaming = segue["streaming"]
+    streaming = quantized.get("streaming")
     if streaming:
         result.update({"stream_new_seconds": args.stream_seconds,
                        "time_to_first_audio_s": round(streaming["first_audio_s"], 3),

@@ -8,7 +8,9 @@ weights do not change speed), guided tasks (two rows each):
 - ``step_ms``: one batched decoding step of engine v2's own loop
   (``worker.engine.step.DecoderStep`` over the slotted ``KVCache``), every row
   attending over ``--positions`` cached positions, for 1 and 8 tasks, with
-  the decoder in float32, ``int8-weight-only`` and ``int8`` (dynamic);
+  the decoder in float32, ``int8-weight-only``, ``int8`` (dynamic, one
+  activation scale per call) and ``int8-rows`` (dynamic, one per row: the
+  CPU default);
 - ``hf_step_ms``: the same step through transformers' own decoder forward
   with its ``DynamicCache`` (what ``generate`` runs per step), float32;
 - ``drift``: next-token distributions of each int8 mode against float32 on
@@ -43,6 +45,7 @@ from .quiet import Settler
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / ".cache" / "models" / "musicgen-small-arch"
+QUANTIZED = ("int8-weight-only", "int8", "int8-rows")
 
 
 def log(message: str) -> None:
@@ -212,7 +215,7 @@ def step_figures(args, settler) -> dict:
     model = MusicgenForConditionalGeneration.from_pretrained(
         args.model, dtype=torch.float32, attn_implementation={"decoder": "sdpa", "text_encoder": "sdpa"}).eval()
     decoders = {"fp32": model.decoder}
-    for mode in ("int8-weight-only", "int8"):
+    for mode in QUANTIZED:
         decoders[mode] = quantize_decoder(model.decoder, mode)
     log(f"loaded and quantized in {time.perf_counter() - started:.0f} s; threads {torch.get_num_threads()}")
 
@@ -241,7 +244,7 @@ def step_figures(args, settler) -> dict:
         f"step_{high}_vs_{low}": round(best[("fp32", high)] / best[("fp32", low)], 2),
         f"throughput_{high}_vs_{low}": round(high * best[("fp32", low)] / best[("fp32", high)], 2),
         "int8_speedup": {f"{mode}_x{t}": round(best[("fp32", t)] / best[(mode, t)], 2)
-                         for mode in ("int8-weight-only", "int8") for t in args.tasks},
+                         for mode in QUANTIZED for t in args.tasks},
         "v2_vs_hf_step": {f"x{t}": round(best[("hf-fp32", t)] / best[("fp32", t)], 2) for t in args.tasks},
         "drift": {k: {m: round(v, 6) for m, v in d.items()} for k, d in drift.items()},
     }

@@ -4,14 +4,22 @@ Each figure compares two ways side by side in one run, on the same loaded
 model (musicgen-small's architecture, random weights) and the same inputs:
 
 - ``step``: one decoding step of the engine's own loop at 1 and 8 guided
-  tasks, float32 and ``SEGUE_QUANTIZE=int8`` (``step_8_vs_1``,
-  ``int8_speedup``), and int8's drift from float32 on the same tokens;
-- ``poisson``: 24 tasks of mixed lengths (2 s prompts, 1 to 4 s of new
+  tasks, float32, ``SEGUE_QUANTIZE=int8`` and the CPU default (``int8-rows``)
+  at 150 cached positions (``step_8_vs_1``, ``int8_speedup``); the CPU
+  default again at 550 positions, the middle of a musician's task (6 s
+  prompt, 10 s new): ``step_ms_1``, ``step_ms_8``, and ``bandwidth_share_1``
+  (the weight bytes one step reads, over the step's time, over the speed of
+  a plain memory copy measured here too); each quantized mode's drift from
+  float32 on the same tokens (``drift``: the CPU default's);
+- ``poisson``: 48 tasks of mixed lengths (2 s prompts, 0.5 to 2 s of new
   audio, seeded) arriving at seeded Poisson times at about 80 % of the
   engine's capacity, served by the engine as it runs in the worker (a task
   joins at the next step) and by the same engine with the static policy
   (``Scheduler(admit_between_batches=True)``: new tasks wait until the whole
-  running batch has left): p95 latency and makespan, static over v2;
+  running batch has left): p95 latency and makespan, v2 over static. Each
+  policy is served twice, interleaved, and each figure is the median of its
+  runs: with 24 tasks of 1-4 s the p95 was nearly the single slowest task
+  and moved from 0.66 to 0.94 between runs;
 - ``first chunk under load``: a 10 s continuation submitted while 7 longer
   tasks decode: seconds to its first audio chunk, both policies;
 - ``streaming``: 8 tasks generated without streaming, with streaming on and
@@ -19,10 +27,10 @@ model (musicgen-small's architecture, random weights) and the same inputs:
   task; the audio is published from the final decode), and with every task
   followed by a listener: the share of throughput lost in each case.
 
-These run with the decoder in int8 (the CPU path): in float32 the Poisson and
-first-chunk workloads alone would take longer than the whole of ``make
-bench`` may on 2 cores. The policies compare the same engine, so precision
-does not favour either side.
+These run with the decoder in the CPU default, ``int8-rows`` (the CPU path):
+in float32 the Poisson and first-chunk workloads alone would take longer
+than the whole of ``make bench`` may on 2 cores. The policies compare the
+same engine, so precision does not favour either side.
 """
 
 from __future__ import annotations
@@ -39,8 +47,11 @@ import torch
 
 from .workload import CFG_COEF, SAMPLE_RATE, TOP_K, Workload
 
-TASKS = 24
+TASKS = 48
+LENGTHS = (0.5, 1.0, 1.5, 2.0)  # seconds of new audio
+POISSON_REPEATS = 2
 LOAD = 0.8
+MUSICIAN_POSITIONS = 550  # cached positions halfway through a 6 s prompt + 10 s task
 LONG_TASKS = 7
 PROBE_NEW_SECONDS = 10.0
 LONG_NEW_SECONDS = 12.0
@@ -64,38 +75,75 @@ def _loop(engine, *, static: bool, tasks: int = 8):
     return EngineLoop(scheduler)
 
 
-def step_figures(fp32_engine, int8_engine, settler, log: Callable[[str], None], steps: int = 3,
+def copy_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
+    """GB/s of a plain memory copy (bytes copied per second, best of ``repeats``) with torch's threads."""
+    source = torch.ones(megabytes * 2 ** 18)  # float32
+    target = torch.empty_like(source)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - started)
+    return source.numel() * 4 / best / 1e9
+
+
+def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None], steps: int = 3,
                  positions: int = 150) -> dict:
-    """ms per decoding step at 1 and 8 tasks, float32 and int8; int8's drift on the same tokens."""
+    """ms per decoding step at 1 and 8 tasks: float32, int8 (a quantized copy of the float32 decoder: no
+    third engine and cache in memory) and the CPU default; the CPU default's steps at a musician's
+    positions and its share of the memory bandwidth; drift."""
+    from worker.engine.quantize import CPU_DEFAULT, quantize_decoder, step_weight_bytes
+
     from .engine_v2 import Setup, drift_of
 
     model = fp32_engine.model
+    decoders = {"fp32": model.decoder, "int8": quantize_decoder(model.decoder, "int8"),
+                CPU_DEFAULT: chosen_engine.decoder}
     best: dict = {}
-    setups = {(name, tasks): Setup(model, engine.decoder, tasks, positions)
-              for name, engine in (("fp32", fp32_engine), ("int8", int8_engine)) for tasks in (1, 8)}
+    setups = {(name, tasks, positions): Setup(model, decoder, tasks, positions)
+              for name, decoder in decoders.items() for tasks in (1, 8)}
+    for tasks in (1, 8):
+        setups[(CPU_DEFAULT, tasks, MUSICIAN_POSITIONS)] = Setup(model, decoders[CPU_DEFAULT], tasks,
+                                                                 MUSICIAN_POSITIONS)
+    bandwidths = []
     for round_ in range(2):
+        bandwidths.append(settler.measure("memory copy", copy_bandwidth_gbs))
         for key, setup in setups.items():
             setup.time_steps(1)  # warm
-            ms = settler.measure(f"step {key[0]} x{key[1]}", lambda setup=setup: setup.time_steps(steps))
+            ms = settler.measure(f"step {key[0]} x{key[1]} @{key[2]}", lambda setup=setup: setup.time_steps(steps))
             best[key] = min(best.get(key, ms), ms)
-            log(f"step {key[0]} x{key[1]}: {ms:.1f} ms (round {round_ + 1})")
-    drift = drift_of(model, {"fp32": model.decoder, "int8": int8_engine.decoder}, positions)["int8"]
+            log(f"step {key[0]} x{key[1]} at {key[2]} positions: {ms:.1f} ms (round {round_ + 1})")
+    del setups
+    bandwidth = max(bandwidths)
+    weight_bytes = step_weight_bytes(decoders[CPU_DEFAULT])
+    step_1 = best[(CPU_DEFAULT, 1, MUSICIAN_POSITIONS)]
+    drifts = drift_of(model, decoders, positions)
+    del decoders["int8"]
     return {
-        "step_ms": {f"{name}_x{tasks}": round(ms, 1) for (name, tasks), ms in best.items()},
-        "step_8_vs_1": round(best[("fp32", 8)] / best[("fp32", 1)], 3),
-        "int8_speedup": round(best[("fp32", 1)] / best[("int8", 1)], 3),
-        "int8_drift": {k: round(v, 6) for k, v in drift.items()},
+        "step_ms": {f"{name}_x{tasks}": round(ms, 1) for (name, tasks, at), ms in best.items() if at == positions},
+        "step_8_vs_1": round(best[("fp32", 8, positions)] / best[("fp32", 1, positions)], 3),
+        "int8_speedup": round(best[("fp32", 1, positions)] / best[("int8", 1, positions)], 3),
+        "int8_drift": {k: round(v, 6) for k, v in drifts["int8"].items()},
+        "quantize_mode": CPU_DEFAULT,
+        "step_ms_1": round(step_1, 1),
+        "step_ms_8": round(best[(CPU_DEFAULT, 8, MUSICIAN_POSITIONS)], 1),
+        "step_positions": MUSICIAN_POSITIONS,
+        "step_weight_bytes": weight_bytes,
+        "copy_bandwidth_gbs": round(bandwidth, 1),
+        "bandwidth_share_1": round(weight_bytes / (step_1 / 1000) / (bandwidth * 1e9), 3),
+        "drift": {"mode": CPU_DEFAULT, **{k: round(v, 6) for k, v in drifts[CPU_DEFAULT].items()}},
+        "drift_all": {name: {k: round(v, 6) for k, v in d.items()} for name, d in drifts.items()},
     }
 
 
 def poisson(engine, settler, log: Callable[[str], None]) -> dict:
-    """24 mixed tasks at seeded Poisson arrivals, ~80 % of capacity: v2 against the static policy."""
+    """48 mixed tasks at seeded Poisson arrivals, ~80 % of capacity: v2 against the static policy."""
     rng = random.Random(7)
-    lengths = [rng.choice((1.0, 2.0, 3.0, 4.0)) for _ in range(TASKS)]
+    lengths = [rng.choice(LENGTHS) for _ in range(TASKS)]
     prompt = Workload().prompt_array()[None]
     # Capacity, measured: 8 tasks of the mix (each length twice) submitted at once, everything included
     # (prompt encoding, prefill, decoding, the final audio decode).
-    calibration = [length for length in (1.0, 2.0, 3.0, 4.0) for _ in range(2)]
+    calibration = [length for length in LENGTHS for _ in range(2)]
 
     def burst() -> float:
         loop = _loop(engine, static=False)
@@ -112,7 +160,7 @@ def poisson(engine, settler, log: Callable[[str], None]) -> dict:
     arrivals = [0.0]
     for _ in range(TASKS - 1):
         arrivals.append(arrivals[-1] + rng.expovariate(1 / gap))
-    log(f"poisson: {TASKS} tasks of 1-4 s, mean gap {gap:.2f} s (capacity {capacity:.3f} tasks/s: 8 tasks at once "
+    log(f"poisson: {TASKS} tasks of {LENGTHS[0]:g}-{LENGTHS[-1]:g} s, mean gap {gap:.2f} s (capacity {capacity:.3f} tasks/s: 8 tasks at once "
         f"took {burst_s:.1f} s)")
 
     def serve(static: bool) -> dict:
@@ -133,13 +181,18 @@ def poisson(engine, settler, log: Callable[[str], None]) -> dict:
                 "p95_s": round(latencies[math.ceil(0.95 * TASKS) - 1], 2),
                 "makespan_s": round(max(done.values()), 2)}
 
-    figures = {}
-    for name, static in (("static", True), ("v2", False)):
-        figures[name] = settler.measure(f"poisson {name}", lambda static=static: serve(static))
-        log(f"poisson {name}: {figures[name]}")
+    runs: dict[str, list[dict]] = {"static": [], "v2": []}
+    for repeat in range(POISSON_REPEATS):  # interleaved, so a slow spell of the machine hits both
+        for name, static in (("static", True), ("v2", False)):
+            runs[name].append(settler.measure(f"poisson {name}", lambda static=static: serve(static)))
+            log(f"poisson {name} ({repeat + 1}/{POISSON_REPEATS}): {runs[name][-1]}")
+    figures = {name: {key: round(statistics.median(run[key] for run in found), 2) for key in found[0]}
+               for name, found in runs.items()}
     return {
-        "poisson": {"tasks": TASKS, "load": LOAD, "mean_gap_s": round(gap, 3),
-                    "capacity_tasks_per_s": round(capacity, 4), **figures},
+        "poisson": {"tasks": TASKS, "load": LOAD, "mean_gap_s": round(gap, 3), "repeats": POISSON_REPEATS,
+                    "capacity_tasks_per_s": round(capacity, 4), **figures,
+                    "p95_vs_static_each": [round(v["p95_s"] / s["p95_s"], 3)
+                                           for v, s in zip(runs["v2"], runs["static"])]},
         "poisson_p95_vs_static": round(figures["v2"]["p95_s"] / figures["static"]["p95_s"], 3),
         "poisson_makespan_vs_static": round(figures["v2"]["makespan_s"] / figures["static"]["makespan_s"], 3),
     }
@@ -226,18 +279,19 @@ def streaming_overhead(engine, settler, log: Callable[[str], None]) -> dict:
 
 def measure(model: Path, settler, log: Callable[[str], None]) -> dict:
     from worker.engine import MusicGenEngine
+    from worker.engine.quantize import CPU_DEFAULT
 
     threads = torch.get_num_threads()
     fp32 = MusicGenEngine(str(model), device="cpu")
-    int8 = MusicGenEngine(str(model), device="cpu", quantize="int8")
+    chosen = MusicGenEngine(str(model), device="cpu", quantize=CPU_DEFAULT)
     try:
-        result = step_figures(fp32, int8, settler, log)
+        result = step_figures(fp32, chosen, settler, log)
         fp32.close()
-        result.update(poisson(int8, settler, log))
-        result.update(first_chunk_under_load(int8, settler, log))
-        result.update(streaming_overhead(int8, settler, log))
+        result.update(poisson(chosen, settler, log))
+        result.update(first_chunk_under_load(chosen, settler, log))
+        result.update(streaming_overhead(chosen, settler, log))
     finally:
         fp32.close()
-        int8.close()
+        chosen.close()
         torch.set_num_threads(threads)
     return result

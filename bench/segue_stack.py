@@ -26,6 +26,9 @@ from .workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.1
+# A poll waits this long for an answer: on a 2-core machine loaded by others the API can stall for 30 s+
+# while the worker decodes (seen once: the run was lost to a read timeout).
+HTTP_TIMEOUT_S = 180
 
 
 class TaskFailed(RuntimeError):
@@ -112,11 +115,11 @@ class SegueStack:
             # /progress is the cheap poll; the document is read once it says 100
             # (and every second, to notice a failed task).
             polls += 1
-            progress = self.http.get(f"{self.api}/progress/{pending[0]}", timeout=30).json().get("progress", 0)
+            progress = self.http.get(f"{self.api}/progress/{pending[0]}", timeout=HTTP_TIMEOUT_S).json().get("progress", 0)
             if progress < 100 and polls % 10 and time.perf_counter() <= deadline:
                 time.sleep(POLL_S)
                 continue
-            doc = self.http.get(f"{self.api}/tasks/{pending[0]}", timeout=30).json()
+            doc = self.http.get(f"{self.api}/tasks/{pending[0]}", timeout=HTTP_TIMEOUT_S).json()
             if doc.get("status") == "completed":
                 doc.pop("audio", None)
                 docs[pending.pop(0)] = doc

@@ -58,12 +58,51 @@ def tiny_stereo_model() -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine(tiny_model):
+def engine_float(tiny_model):
+    """The tiny model's float32 engine, one per session (``engine``; reachable under this name from
+    modules that override ``engine`` with ``engine_in_modes``)."""
     from worker.engine import MusicGenEngine
 
     engine = MusicGenEngine(str(tiny_model), device="cpu")
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def engine(engine_float):
+    return engine_float
+
+
+# The precision modes the engine guarantee tests run in (per-step joining and leaving, a seed's audio the
+# same alone, batched and joining mid-run, cancel, failures, windows, melody, streaming): float32, and
+# the CPU workers' default (worker.engine.quantize.CPU_DEFAULT). A module opts in with
+# `engine = engine_in_modes()` (and `melody`'s equivalent), which re-runs its tests in each mode.
+ENGINE_MODES = ("", "int8-rows")
+
+
+def engine_in_modes(build=None, name: str = "engine"):
+    """A module-scoped fixture replacing ``engine``: the session's float engine, then one in each other mode.
+
+    ``build(mode)``: a different engine (e.g. a melody one) per mode, closed after the module; ``name``:
+    the fixture's name."""
+
+    @pytest.fixture(scope="module", params=ENGINE_MODES, ids=lambda mode: mode or "float32", name=name)
+    def engine(request, tiny_model):
+        mode = request.param
+        if build is None and mode == "":
+            yield request.getfixturevalue("engine_float")
+            return
+        if build is not None:
+            made = build(mode)
+        else:
+            from worker.engine import MusicGenEngine
+
+            made = MusicGenEngine(str(tiny_model), device="cpu", quantize=mode)
+        assert made.quantize == mode
+        yield made
+        made.close()
+
+    return engine
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from worker.engine import GenerationCanceled, GenerationRequest, GenerationResult, MusicGenEngine
-from tests.conftest import noise
+from tests.conftest import engine_in_modes, noise
+
+# Every test here runs in float32 and in int8-rows (tests.conftest.ENGINE_MODES).
+engine = engine_in_modes()
 
 
 def mixed_requests() -> list[GenerationRequest]:

@@ -7,11 +7,14 @@ import threading
 import numpy as np
 import pytest
 
-from tests.conftest import noise
+from tests.conftest import engine_in_modes, noise
 from tests.test_engine_batching import mixed_requests
 from worker.engine import GenerationCanceled, GenerationRequest
 from worker.engine.loop import EngineLoop
 from worker.engine.scheduler import Scheduler
+
+# Every test here runs in float32 and in int8-rows (tests.conftest.ENGINE_MODES).
+engine = engine_in_modes()
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from tests.conftest import CACHE, noise
+from tests.conftest import CACHE, engine_in_modes, noise
 from worker.engine import GenerationRequest, GenerationResult
 from worker.engine.scheduler import Scheduler
 from worker.models.melody_engine import MelodyEngine
@@ -14,11 +13,9 @@ from worker.testing.random_model_melody import build_tiny_melody
 SR = 32000
 
 
-@pytest.fixture(scope="module")
-def melody():
-    engine = MelodyEngine(str(build_tiny_melody(CACHE / "tiny-melody")), device="cpu")
-    yield engine
-    engine.close()
+# In float32 and in int8-rows (tests.conftest.ENGINE_MODES).
+melody = engine_in_modes(lambda mode: MelodyEngine(str(build_tiny_melody(CACHE / "tiny-melody")), device="cpu",
+                                                   quantize=mode), name="melody")
 
 
 def requests() -> list[GenerationRequest]:

@@ -1,4 +1,7 @@
-"""Engine v2's int8 decoder: drift against float32, and int8's effect on the engine's guarantees."""
+"""Engine v2's int8 decoder: drift against float32, and int8's effect on the engine's guarantees.
+
+The engine guarantee tests (scheduler, batching, loop, streaming, melody) run in float32 and in
+``int8-rows`` too (``tests.conftest.ENGINE_MODES``)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,15 @@ import torch
 
 from tests.test_engine_batching import mixed_requests
 from tests.test_engine_v2_step import a_task, make_cache, text_projection
-from worker.engine.quantize import Int8Linear, drift, quantize_decoder
+from worker.engine.quantize import (
+    CPU_DEFAULT,
+    Int8Linear,
+    RowScaledInt8Linear,
+    _concatenated,
+    drift,
+    quantize_decoder,
+    resolve,
+)
 from worker.engine.scheduler import Scheduler
 from worker.engine.step import DecoderStep
 
@@ -24,7 +35,7 @@ def logits_along(model, decoder, ids: torch.Tensor, states: torch.Tensor, prompt
     return torch.cat(out)
 
 
-@pytest.mark.parametrize("mode", ["int8-weight-only", "int8"])
+@pytest.mark.parametrize("mode", ["int8-weight-only", "int8", "int8-rows"])
 def test_int8_drift_from_float32_is_small(engine, mode):
     model = engine.model
     ids, states = a_task(model, 10, 30, [5, 6, 7, 1], seed=4)
@@ -36,8 +47,9 @@ def test_int8_drift_from_float32_is_small(engine, mode):
     assert measured["mean_kl"] < 1e-3
     assert measured["top1_agreement"] > 0.8
     assert drift(reference, reference) == {"mean_kl": 0.0, "top1_agreement": 1.0}
-    # The engine's own decoder is untouched (a quantized copy).
+    # The engine's own decoder is untouched (a quantized copy, with fused q/k/v and heads).
     assert type(model.decoder.model.decoder.layers[0].fc1) is torch.nn.Linear
+    assert not hasattr(model.decoder, "fused_lm_head") and hasattr(quantized, "fused_lm_head")
 
 
 def test_int8_linear_is_close_to_the_float_layer_and_row_independent():
@@ -53,9 +65,53 @@ def test_int8_linear_is_close_to_the_float_layer_and_row_independent():
         assert torch.equal(int8(x[:1]), got[:1])
 
 
-def test_with_int8_weights_a_task_still_sounds_the_same_alone_and_batched(engine):
+def test_row_scaled_int8_is_row_independent_bit_for_bit_and_closer_than_per_call_int8():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 192, bias=True)
+    rows = RowScaledInt8Linear(linear)
+    # Rows of very different magnitudes: per-call int8 would quantize the small ones coarsely.
+    x = torch.randn(8, 1, 256) * torch.logspace(-2, 1, 8)[:, None, None]
+    with torch.inference_mode():
+        expected, got = linear(x), rows(x)
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        for row in range(8):  # alone, in pairs and in the whole batch: the same bits
+            assert torch.equal(rows(x[row : row + 1]), got[row : row + 1])
+        assert torch.equal(rows(x[2:6]), got[2:6])
+        per_call = quantize_decoder_free_int8(linear)(x)
+        own_error = ((got - expected).norm(dim=-1) / expected.norm(dim=-1)).max()
+        per_call_error = ((per_call - expected).norm(dim=-1) / expected.norm(dim=-1)).max()
+        assert own_error < 0.05 and own_error < per_call_error
+
+
+def quantize_decoder_free_int8(linear: torch.nn.Linear) -> torch.nn.Module:
+    """torch's per-call dynamic int8 of one layer (what SEGUE_QUANTIZE=int8 runs)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def test_fused_projections_compute_exactly_what_the_separate_layers_do():
+    torch.manual_seed(1)
+    parts = [torch.nn.Linear(64, 48, bias=False) for _ in range(3)]
+    parts[1].weight.data *= 10  # per-output-channel weight scales: fusing shares none
+    x = torch.randn(5, 1, 64)
+    with torch.inference_mode():
+        fused = RowScaledInt8Linear(_concatenated(parts))(x)
+        assert torch.equal(fused, torch.cat([RowScaledInt8Linear(p)(x) for p in parts], dim=-1))
+
+
+def test_auto_is_int8_rows_for_real_models_on_cpus_only():
+    assert CPU_DEFAULT == "int8-rows"
+    assert resolve("auto", "cpu", 600_000_000) == "int8-rows"
+    assert resolve("auto", "cpu", 4_000_000) == ""  # the tiny test models
+    assert resolve("auto", "cuda", 600_000_000) == ""
+    assert resolve("int8", "cpu", 4_000_000) == "int8"
+
+
+@pytest.mark.parametrize("mode", ["int8-weight-only", "int8-rows"])
+def test_with_int8_weights_a_task_still_sounds_the_same_alone_and_batched(engine, mode):
     scheduler = Scheduler(engine, max_rows=8, max_seconds=4.0, max_text=32,
-                          decoder=quantize_decoder(engine.model.decoder, "int8-weight-only"))
+                          decoder=quantize_decoder(engine.model.decoder, mode))
     requests = mixed_requests()
     batched = [o.audio for o in scheduler.run(requests)]
     for request, audio in zip(requests, batched):

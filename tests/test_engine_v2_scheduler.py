@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import noise
+from tests.conftest import engine_in_modes, noise
 from tests.test_engine_batching import mixed_requests
 from worker.engine import GenerationCanceled, GenerationRequest, GenerationResult
 from worker.engine.scheduler import Scheduler
 from worker.engine.windows import WindowedGeneration
+
+# Every test here runs in float32 and in int8-rows (tests.conftest.ENGINE_MODES).
+engine = engine_in_modes()
 
 
 def audio_of(outcomes: list) -> list[np.ndarray]:

@@ -35,3 +35,12 @@ def test_bad_values_name_the_variable():
 def test_round_trip_through_the_environment():
     settings = Settings.from_env({"SEGUE_MODELS": "x,y", "SEGUE_HALF_PRECISION": "0"})
     assert Settings.from_env(settings.as_env()) == settings
+
+
+def test_quantize_defaults_to_auto_and_names_its_modes():
+    assert Settings.from_env({}).quantize == "auto"
+    for text, mode in (("", "auto"), ("AUTO", "auto"), ("off", ""), ("0", ""), ("int8-rows", "int8-rows"),
+                       ("int8", "int8"), ("int8-weight-only", "int8-weight-only")):
+        assert Settings.from_env({"SEGUE_QUANTIZE": text}).quantize == mode
+    with pytest.raises(ValueError, match="SEGUE_QUANTIZE"):
+        Settings.from_env({"SEGUE_QUANTIZE": "int4"})

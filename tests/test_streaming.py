@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 
-from tests.conftest import noise
+from tests.conftest import engine_in_modes, noise
 from worker.engine import GenerationRequest
 from worker.engine.streaming import RowStreamer
+
+# Every test here runs in float32 and in int8-rows (tests.conftest.ENGINE_MODES).
+engine = engine_in_modes()
 
 
 def _collect():
@@ -21,9 +24,15 @@ def _joined(chunks):
     return np.concatenate(pieces, axis=1)
 
 
-@pytest.mark.parametrize("fixture", ["engine", "stereo_engine"])
-def test_chunks_equal_the_continuation(request, fixture):
-    eng = request.getfixturevalue(fixture)
+def test_chunks_equal_the_continuation(engine):
+    chunks_equal_the_continuation(engine)
+
+
+def test_stereo_chunks_equal_the_continuation(stereo_engine):
+    chunks_equal_the_continuation(stereo_engine)
+
+
+def chunks_equal_the_continuation(eng):
     prompt = noise(eng.channels, 2.0, 32000)
     chunks, on_audio = _collect()
     result = eng.generate([GenerationRequest(prompt, 32000, 9.0, seed=5, on_audio=on_audio)])[0]

@@ -104,10 +104,12 @@ def _descriptions(text: str) -> tuple[tuple[str, str], ...]:
 def _quantize(text: str) -> str:
     # The modes of worker.engine.quantize (named here: the API process never imports torch).
     text = text.strip().lower()
-    if text in ("", "0", "off", "none", "no"):
+    if text in ("0", "off", "none", "no"):
         return ""
-    if text not in ("int8", "int8-weight-only"):
-        raise ValueError("must be empty (off), int8 or int8-weight-only")
+    if text in ("", "auto"):
+        return "auto"
+    if text not in ("int8-rows", "int8", "int8-weight-only"):
+        raise ValueError("must be auto (the default), off, int8-rows, int8 or int8-weight-only")
     return text
 
 
@@ -181,10 +183,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SEGUE_MAX_BATCH", "max_batch", 8,
             "Most tasks a worker's engine decodes together (its KV cache holds this many 31 s tasks, two rows "
             "each); tasks join and leave at every step; 1 = one task at a time.", int),
-    Setting("SEGUE_QUANTIZE", "quantize", "",
-            "CPU workers: `int8` runs the decoder's linear layers in int8 (torch dynamic quantization, ~4x "
-            "faster; a seed may sound slightly different alone and batched), `int8-weight-only` (~3x, rows "
-            "independent), empty = float. Ignored on GPUs.", _quantize),
+    Setting("SEGUE_QUANTIZE", "quantize", "auto",
+            "CPU workers' decoder precision: `auto` = `int8-rows` for real checkpoints on a CPU (int8 weights and "
+            "activations, one scale per row: ~4x faster steps, a seed sounds the same alone and batched), float "
+            "for the tiny test models and on GPUs; `off` = float32; `int8` (one activation scale per call: a seed "
+            "may sound slightly different alone and batched); `int8-weight-only` (slower). See docs/cpu-engine.md.",
+            _quantize),
     Setting("SEGUE_CUDA_GRAPHS", "cuda_graphs", True,
             "GPU workers: replay the decoding step as CUDA graphs (one per batch-size bucket); 0 = eager.", _bool),
     Setting("SEGUE_RECYCLE_AFTER_TASKS", "recycle_after_tasks", 0,

@@ -72,6 +72,11 @@ class KVCache:
         for layer, (k, v) in enumerate(zip(keys, values)):
             self.cross_keys[layer, rows, :, :text] = k
             self.cross_values[layer, rows, :, :text] = v
+        # Beyond the text, zeros, not what an earlier task left: a row with no text attends uniformly to
+        # every position up to the longest text in the batch, so leftovers there would change its output
+        # with its neighbours (found when the batching tests first ran in int8-rows).
+        self.cross_keys[:, rows, :, text:] = 0
+        self.cross_values[:, rows, :, text:] = 0
         self.cross_mask[rows] = self.masked
         for r, row in enumerate(range(*rows.indices(self.rows))):
             if attends[r]:

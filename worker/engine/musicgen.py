@@ -55,7 +55,7 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from worker.device import pick_device
 from worker.engine.loop import EngineLoop
-from worker.engine.quantize import quantize_decoder
+from worker.engine.quantize import quantize_decoder, resolve
 from worker.engine.requests import GenerationRequest, GenerationResult, OnStep, Plan
 from worker.engine.scheduler import Scheduler
 from worker.engine.windows import WINDOW_SECONDS
@@ -77,9 +77,10 @@ class MusicGenEngine:
     """One MusicGen model and processor, loaded once, continuing prompts.
 
     ``max_tasks``: guided tasks decoded together (the cache holds two rows
-    each, 30 s long). ``quantize``: ``""`` (off), ``"int8"`` or
-    ``"int8-weight-only"`` for the decoder's linear layers on CPU workers
-    (``worker.engine.quantize``). ``cuda_graphs``: capture the decoding step
+    each, 30 s long). ``quantize``: ``""`` (off), ``"int8-rows"``, ``"int8"``
+    or ``"int8-weight-only"`` for the decoder's linear layers on CPU workers,
+    or ``"auto"`` (``int8-rows`` for a real-size model on a CPU, else off;
+    ``worker.engine.quantize``). ``cuda_graphs``: capture the decoding step
     as CUDA graphs on a GPU (``worker.engine.graphs``).
     """
 
@@ -113,6 +114,7 @@ class MusicGenEngine:
         self.cuda_graphs = cuda_graphs
         # The decoder the scheduler steps, its linear layers in int8 when asked (CPU only: GPUs run half
         # precision). In place: nothing else runs the float decoder, so its memory is not kept twice.
+        quantize = resolve(quantize, torch_device.type, self.num_parameters)  # "auto": int8-rows on CPUs
         if quantize and torch_device.type != "cpu":
             log.info("SEGUE_QUANTIZE=%s ignored on %s", quantize, torch_device)
             quantize = ""

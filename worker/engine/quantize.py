@@ -1,8 +1,20 @@
-"""Opt-in int8 for CPU workers: the decoder's Linear layers with int8 weights.
+"""Low precision for CPU workers: the decoder's Linear layers with int8 weights.
 
 On CPUs a decoding step at small batch reads every decoder weight once;
-int8 weights are a quarter of the bytes. Two ways, both measured by
-``bench/engine_v2.py``:
+int8 weights are a quarter of the bytes. Three ways, all measured by
+``bench/engine_v2.py`` (the candidates we rejected, by
+``bench/step_candidates.py``; figures in ``docs/cpu-engine.md``):
+
+- ``int8-rows`` (the default on CPU workers, ``auto``): torch's dynamic int8
+  kernel (fbgemm), but each row's activations are quantized over their own
+  range: a row is mapped onto [0, 1] by its own minimum and span, and one
+  fixed anchor row (0, 1) pins the per-call range to [0, 1], so the
+  kernel's per-call quantization step is the same constant whatever the
+  neighbours are; the output row is mapped back. int8 products are summed
+  exactly in int32, so a row's logits are bit for bit the same alone and
+  batched (tested): the engine's seed guarantees hold. Its elementwise ops
+  cost 6-9 % more CPU per step than ``int8`` (measured); each row is as
+  close to float32 as a one-row call of ``int8``.
 
 - ``int8`` (``SEGUE_QUANTIZE=int8``): ``torch.ao.quantization.quantize_dynamic``
   (deprecated in favour of torchao but working in torch 2.13), the ~4x of
@@ -15,6 +27,13 @@ int8 weights are a quarter of the bytes. Two ways, both measured by
   Each row is computed alone (no statistic is shared across the batch), so a
   task's tokens still do not depend on its neighbours: the engine's
   alone-equals-batched guarantee holds. Slower than ``int8``.
+
+In every mode the self-attention's q/k/v projections are fused into one
+``qkv_proj`` and the four codebook heads into one ``fused_lm_head`` before
+quantizing (``DecoderStep`` uses them when present): fewer, larger calls, and
+one activation scaling instead of three. Weights are scaled per output
+channel, so fused layers share no scale; in ``int8-rows`` each output
+column comes out bit for bit as from the separate layers (tested).
 
 Embeddings, norms, the KV cache, the text encoder and EnCodec stay float.
 The decoder step calls the layers' submodules one by one, so a quantized
@@ -31,7 +50,19 @@ import warnings
 
 import torch
 
-MODES = ("", "int8", "int8-weight-only")
+MODES = ("", "int8", "int8-weight-only", "int8-rows")
+# What ``auto`` means on a CPU (see ``resolve``).
+CPU_DEFAULT = "int8-rows"
+# Below this many parameters (the tiny test models) auto stays float: they anchor the exactness tests against
+# transformers' own generate, and at their size the bytes saved do not matter.
+SMALL_MODEL_PARAMETERS = 50_000_000
+
+
+def resolve(mode: str, device_type: str, parameters: int) -> str:
+    """The mode to apply: ``auto`` is ``CPU_DEFAULT`` for a real-size model on a CPU, else float ("")."""
+    if mode != "auto":
+        return mode
+    return CPU_DEFAULT if device_type == "cpu" and parameters >= SMALL_MODEL_PARAMETERS else ""
 
 
 class Int8Linear(torch.nn.Module):
@@ -54,23 +85,96 @@ class Int8Linear(torch.nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
+class RowScaledInt8Linear(torch.nn.Module):
+    """``nn.Linear`` on torch's dynamic int8 kernel with one activation range per row (``int8-rows``).
+
+    ``quantized::linear_dynamic`` picks its activation scale from the whole call's min and max, so a
+    row's result depends on its neighbours. Here every row is first mapped onto [0, 1] by its own
+    minimum and span (``x = low + span * u``), and one anchor row holding 0 and 1 is appended: the
+    call's range is then exactly [0, 1] whatever the batch holds, the kernel's quantization step is a
+    constant, and int32 accumulation makes each row's output independent of the others, bit for bit.
+    The output is mapped back: ``W x = span * (W u) + low * (W 1)``, with ``W 1`` (the int8 weight's
+    row sums) precomputed. Each row uses the kernel's whole range over its own [min, max], as a
+    one-row call of ``int8`` would."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        bare = torch.nn.Linear(linear.in_features, linear.out_features, bias=False)
+        bare.weight = linear.weight  # the bias is added after mapping back
+        bare.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig  # one weight scale per output
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+            self.inner = DynamicLinear.from_float(bare)
+        # The int8 weights' own row sums: the large shared part of both terms then carries the same
+        # weight rounding and cancels as in ``W_q x`` (float sums measured 2-3x the error).
+        self.register_buffer("row_sums", self.inner.weight().dequantize().float().sum(dim=1))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        anchor = torch.zeros(1, linear.in_features, dtype=linear.weight.dtype)
+        anchor[0, -1] = 1.0
+        self.register_buffer("anchor", anchor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        low, high = torch.aminmax(flat, dim=1, keepdim=True)
+        span = (high - low).clamp_min_(1e-30)
+        # No clamp needed: x - low >= 0 exactly, and (x - low) <= (high - low) = span after rounding
+        # (rounding is monotonic), so every unit value lies in [0, 1].
+        unit = (flat - low).div_(span)
+        out = torch.addcmul(low * self.row_sums, self.inner(torch.cat([unit, self.anchor]))[:-1], span)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def _concatenated(linears: list[torch.nn.Linear]) -> torch.nn.Linear:
+    """One ``nn.Linear`` computing all of ``linears`` side by side (outputs concatenated)."""
+    first = linears[0]
+    biases = [lin.bias for lin in linears]
+    fused = torch.nn.Linear(first.in_features, sum(lin.out_features for lin in linears),
+                            bias=any(b is not None for b in biases), dtype=first.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([lin.weight for lin in linears]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([b if b is not None else torch.zeros(lin.out_features)
+                                        for b, lin in zip(biases, linears)]))
+    return fused
+
+
+def fuse_projections(decoder: torch.nn.Module) -> torch.nn.Module:
+    """In place: each self-attention gets ``qkv_proj`` (q, k and v side by side), the decoder one
+    ``fused_lm_head`` (the codebooks' heads side by side). The originals stay (quantized too, a few
+    tens of MB), so transformers' own forward pass still runs on the quantized decoder."""
+    for layer in decoder.model.decoder.layers:
+        attention = layer.self_attn
+        attention.qkv_proj = _concatenated([attention.q_proj, attention.k_proj, attention.v_proj])
+    decoder.fused_lm_head = _concatenated(list(decoder.lm_heads))
+    return decoder
+
+
 def quantize_decoder(decoder: torch.nn.Module, mode: str, *, inplace: bool = False) -> torch.nn.Module:
     """The decoder (a ``MusicgenForCausalLM``) with every ``nn.Linear`` in int8 (CPU only); see the modes above."""
     if mode not in MODES[1:]:
         raise ValueError(f"unknown quantization {mode!r}; one of {', '.join(MODES[1:])}")
     if any(p.device.type != "cpu" for p in decoder.parameters()):
         raise ValueError("int8 quantization of the decoder runs on CPU only")
-    target = decoder if inplace else copy.deepcopy(decoder)
+    target = fuse_projections(decoder if inplace else copy.deepcopy(decoder))
     if mode == "int8":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notices
             from torch.ao.quantization import quantize_dynamic
 
-            return quantize_dynamic(target, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            # Weights scaled per output channel: q, k and v (and the four heads) share a fused layer
+            # without sharing a scale.
+            return quantize_dynamic(target, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+                                    dtype=torch.qint8, inplace=True)
+    layer = RowScaledInt8Linear if mode == "int8-rows" else Int8Linear
     for module in list(target.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
-                setattr(module, name, Int8Linear(child))
+                setattr(module, name, layer(child))
     return target
 
 
@@ -84,3 +188,37 @@ def drift(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     agree = (reference.argmax(-1) == other.argmax(-1)).float()
     return {"mean_kl": float(kl.mean()), "top1_agreement": float(agree.mean())}
+
+
+def step_weight_bytes(decoder: torch.nn.Module) -> int:
+    """Bytes of linear-layer weights (and their scales) one decoding step reads, as the decoder stores them.
+
+    The layers ``DecoderStep.decode`` calls: self-attention q/k/v (fused or not) and output, cross-attention
+    query and output (its keys/values are cached per task), fc1, fc2 and the heads. Norms, biases and the
+    embedding rows looked up are a few hundred kB and left out."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    def size(module) -> int:
+        if isinstance(module, RowScaledInt8Linear):
+            module = module.inner
+        if isinstance(module, DynamicLinear):
+            weight = module.weight()
+            scales = weight.q_per_channel_scales().numel() if weight.qscheme() in (
+                torch.per_channel_affine, torch.per_channel_symmetric) else 1
+            return weight.numel() + 4 * scales
+        if isinstance(module, Int8Linear):
+            return module.weight_int8.numel() + module.scales.numel() * module.scales.element_size()
+        return module.weight.numel() * module.weight.element_size()
+
+    total = 0
+    for layer in decoder.model.decoder.layers:
+        attention = layer.self_attn
+        if hasattr(attention, "qkv_proj"):
+            total += size(attention.qkv_proj)
+        else:
+            total += sum(size(getattr(attention, name)) for name in ("q_proj", "k_proj", "v_proj"))
+        total += size(attention.out_proj) + size(layer.fc1) + size(layer.fc2)
+        if hasattr(layer, "encoder_attn"):
+            total += size(layer.encoder_attn.q_proj) + size(layer.encoder_attn.out_proj)
+    heads = [decoder.fused_lm_head] if hasattr(decoder, "fused_lm_head") else list(decoder.lm_heads)
+    return total + sum(size(head) for head in heads)

@@ -17,7 +17,8 @@ embeddings as well as token ids) and its tokens sit after them.
 
 The layers' submodules are called one by one (``q_proj``, ``fc1``, ...), so a
 decoder whose ``Linear`` layers were swapped for int8 ones (``quantize``)
-runs unchanged.
+runs unchanged; when it carries fused ``qkv_proj`` and ``fused_lm_head``
+(quantized decoders do) those run instead, fewer and larger calls.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class DecoderStep:
         self.cache = cache
         self.text_projection = text_projection
         self.cross_attention = hasattr(self.layers[0], "encoder_attn")  # melody models have none
+        # Quantized decoders carry fused q/k/v projections and heads (worker.engine.quantize).
+        self.fused = hasattr(self.layers[0].self_attn, "qkv_proj") and hasattr(decoder, "fused_lm_head")
         positions = self.body.embed_positions
         if positions.weights.shape[0] < cache.max_positions:
             positions.make_weights(cache.max_positions, positions.embedding_dim)
@@ -139,8 +142,12 @@ class DecoderStep:
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             x = layer.self_attn_layer_norm(hidden)
-            query = self._split(attention.q_proj(x))
-            keys, values = write(index, self._split(attention.k_proj(x)), self._split(attention.v_proj(x)))
+            if self.fused:  # one call for q, k and v (worker.engine.quantize.fuse_projections)
+                query, key, value = (self._split(p) for p in attention.qkv_proj(x).split(self.width, dim=-1))
+            else:
+                query, key, value = (self._split(attention.q_proj(x)), self._split(attention.k_proj(x)),
+                                     self._split(attention.v_proj(x)))
+            keys, values = write(index, key, value)
             x = scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=attention.scaling)
             hidden = hidden + attention.out_proj(self._merge(x))
 
@@ -162,4 +169,7 @@ class DecoderStep:
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # (rows, C, width) -> (rows, K, C, vocab), one head per codebook
+        if self.fused:
+            logits = self.decoder.fused_lm_head(hidden)
+            return logits.view(*hidden.shape[:2], self.num_codebooks, -1).transpose(1, 2)
         return torch.stack([head(hidden) for head in self.decoder.lm_heads], dim=1)
