@@ -240,7 +240,10 @@ def shared_stack(tmp_path_factory, tiny_model):
 
 
 def _keep_two_workers(stack: Stack) -> None:
-    """Replace the workers earlier faults took down; wait for at least one to be ready."""
+    """Let earlier faults' tasks end, replace the workers they took down, wait for one to be ready."""
+    tasks = stack.services.store.tasks
+    wait_for(lambda: tasks.count_documents({"status": {"$in": ["queued", "processing"]}}) == 0,
+             timeout=ENDED_WITHIN, interval=0.25, message=f"earlier tasks to end\n{stack.worker_logs()}")
     alive = [p for p in stack.workers if p.poll() is None]
     for n in range(2 - len(alive)):
         stack.start_worker(f"w{len(stack.workers) + 1}")
@@ -334,7 +337,10 @@ def test_a_stopped_worker_hands_back_what_it_cannot_finish_and_listeners_are_tol
     doc = wait_for(lambda: (d := stack.services.store.get_task(task_id))["status"] == "queued" and d,
                    timeout=DRAIN + 60, interval=0.1, message=f"the hand-back\n{stack.worker_logs()}")
     assert doc["handbacks"] == 1 and "stopped" in doc["last_error"] and doc["worker"] is None
-    assert stack.services.queue.queue.get_job_ids()[0].startswith(f"{task_id}-h")  # at the front
+    # Its document says queued first, then its new job goes to the front of the queue.
+    front = wait_for(lambda: stack.services.queue.queue.get_job_ids()[:1], timeout=30, interval=0.1,
+                     message="the handed-back task's job on the queue")
+    assert front[0].startswith(f"{task_id}-h")
     stack.release("generating")
     assert _wait_exit(doomed, stack) == 0
     stack.start_worker("rescuer")
