@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{streaming['chunks']} chunks)")
         print()
     engine = result["engine"]
-    print(f"engine (int8 decoder): Poisson p95 {engine['poisson']['v2']['p95_s']} s vs static "
+    print(f"engine (int8-rows decoder): Poisson p95 {engine['poisson']['v2']['p95_s']} s vs static "
           f"{engine['poisson']['static']['p95_s']} s; makespan {engine['poisson']['v2']['makespan_s']} vs "
           f"{engine['poisson']['static']['makespan_s']} s; first chunk under load "
           f"{engine['first_chunk_under_load_s']['v2']} vs {engine['first_chunk_under_load_s']['static']} s; "

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); with 1, step_cpu_ms is the figure least "
+                             "disturbed by other processes on a shared machine")
     parser.add_argument("--e2e", action="store_true", help="also time whole generations (a few minutes)")
     parser.add_argument("--no-steps", action="store_true", help="skip the decoding-step figures and drift")
     parser.add_argument("--max-quiet-wait", type=float, default=30.0,
@@ -91,10 +95,12 @@ class Setup:
         self.positions = torch.full((self.rows,), positions)
 
     def time_steps(self, steps: int) -> float:
+        """Wall ms per step; the process's CPU ms per step is left in ``cpu_ms``."""
         with torch.inference_mode():
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 self.step.decode(slice(0, self.rows), self.ids, self.positions)
+            self.cpu_ms = (time.process_time() - cpu) / steps * 1000
             return (time.perf_counter() - started) / steps * 1000
 
 
@@ -225,12 +231,15 @@ def step_figures(args, settler) -> dict:
             setups[(name, tasks)] = Setup(model, decoder, tasks, args.positions)
         setups[("hf-fp32", tasks)] = HFSetup(model, tasks, args.positions)
     best: dict = {}
+    cpu: dict = {}
     for round_ in range(args.repeats):
         for key, setup in setups.items():
             setup.time_steps(1)  # warm
             ms = settler.measure(f"{key[0]} x{key[1]}", lambda: setup.time_steps(args.steps))
             best[key] = min(best.get(key, ms), ms)
-            log(f"round {round_ + 1}: {key[0]:>12} x{key[1]} tasks: {ms:7.1f} ms/step")
+            cpu_ms = getattr(setup, "cpu_ms", math.nan)  # transformers' step is timed in wall time only
+            cpu.setdefault(key, []).append(cpu_ms)
+            log(f"round {round_ + 1}: {key[0]:>12} x{key[1]} tasks: {ms:7.1f} ms/step ({cpu_ms:.1f} CPU ms)")
     del setups
 
     log("drift against float32")
@@ -241,6 +250,9 @@ def step_figures(args, settler) -> dict:
     result = {
         "model": str(args.model), "positions": args.positions, "threads": torch.get_num_threads(),
         "step_ms": step_ms, "hf_step_ms": hf_ms,
+        # Median CPU ms per step over the rounds (with --threads 1: robust to other processes).
+        "step_cpu_ms": {f"{name}_x{tasks}": round(statistics.median(values), 1)
+                        for (name, tasks), values in cpu.items() if name != "hf-fp32"},
         f"step_{high}_vs_{low}": round(best[("fp32", high)] / best[("fp32", low)], 2),
         f"throughput_{high}_vs_{low}": round(high * best[("fp32", low)] / best[("fp32", high)], 2),
         "int8_speedup": {f"{mode}_x{t}": round(best[("fp32", t)] / best[(mode, t)], 2)
@@ -253,6 +265,8 @@ def step_figures(args, settler) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model.resolve() == DEFAULT_MODEL:
         from worker.testing.random_model import build_small_arch_musicgen
 

@@ -13,7 +13,7 @@ int8 weights are a quarter of the bytes. Three ways, all measured by
   neighbours are; the output row is mapped back. int8 products are summed
   exactly in int32, so a row's logits are bit for bit the same alone and
   batched (tested): the engine's seed guarantees hold. Its elementwise ops
-  cost 6-9 % more CPU per step than ``int8`` (measured); each row is as
+  cost 22-28 % more CPU per step than ``int8`` (measured); each row is as
   close to float32 as a one-row call of ``int8``.
 
 - ``int8`` (``SEGUE_QUANTIZE=int8``): ``torch.ao.quantization.quantize_dynamic``
