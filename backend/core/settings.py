@@ -185,7 +185,7 @@ SETTINGS: tuple[Setting, ...] = (
             "each); tasks join and leave at every step; 1 = one task at a time.", int),
     Setting("SEGUE_QUANTIZE", "quantize", "auto",
             "CPU workers' decoder precision: `auto` = `int8-rows` for real checkpoints on a CPU (int8 weights and "
-            "activations, one scale per row: ~4x faster steps, a seed sounds the same alone and batched), float "
+            "activations, one scale per row: ~1.5x faster steps than float32, a seed sounds the same alone and batched), float "
             "for the tiny test models and on GPUs; `off` = float32; `int8` (one activation scale per call: a seed "
             "may sound slightly different alone and batched); `int8-weight-only` (slower). See docs/cpu-engine.md.",
             _quantize),
