@@ -40,6 +40,20 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2
 
 
+def restart_from_zero(services: Services, task_id: str) -> None:
+    """A task starting an attempt again: its progress from 0 and its audio stream from the first chunk."""
+    services.progress.clear(task_id)
+    chunks.reset(services.redis, task_id)
+
+
+def queue_at_front(services: Services, task_id: str, kind: str) -> str:
+    """Queue a task just set back to ``queued`` ahead of newer work, under a fresh job id; returns the id."""
+    restart_from_zero(services, task_id)
+    job_id = services.queue.enqueue(task_id, job_id=later_job_id(task_id, kind), at_front=True)
+    services.store.update(task_id, {"job_id": job_id})
+    return job_id
+
+
 def reap_orphans(services: Services, *, grace_seconds: float | None = None) -> dict[str, int]:
     """Requeue or fail tasks whose worker no longer sends heartbeats."""
     grace = timedelta(seconds=grace_seconds if grace_seconds is not None else services.settings.heartbeat_seconds * 3)
@@ -67,10 +81,7 @@ def reap_orphans(services: Services, *, grace_seconds: float | None = None) -> d
             reason = f"worker {worker_id} stopped while running this task; retrying"
             if services.store.requeue(task_id, reason, run=run):
                 faults.hold("requeue", task_id)
-                services.progress.clear(task_id)
-                chunks.reset(services.redis, task_id)
-                job_id = services.queue.enqueue(task_id, job_id=later_job_id(task_id, "r"), at_front=True)
-                services.store.update(task_id, {"job_id": job_id})
+                queue_at_front(services, task_id, "r")
                 counts["requeued"] += 1
                 log.warning("requeued task %s: %s", task_id, reason)
         else:

@@ -60,7 +60,8 @@ from rq.worker.base import WorkerStatus
 
 from backend.core import faults, outage, taking
 from backend.core.errors import SegueError
-from backend.core.jobqueue import JOB_FUNCTIONS, later_job_id
+from backend.core.jobqueue import JOB_FUNCTIONS
+from backend.core.maintenance import queue_at_front
 
 from . import jobs, runtime
 from ..engine import GenerationCanceled
@@ -258,7 +259,7 @@ class Session:
                 # Taken but not yet claimed: its task is still `queued`; put a job for it back on the queue.
                 task_id = member.job.args[0]
                 try:
-                    self.rt.services.queue.enqueue(task_id, job_id=later_job_id(task_id, "h"), at_front=True)
+                    queue_at_front(self.rt.services, task_id, "h")
                     log.info("task %s (not yet claimed) handed back to the queue", task_id)
                 except Exception as exc:  # housekeeping's requeue_lost finds it once this worker is gone
                     log.warning("could not hand task %s back now: %s", task_id, exc)

@@ -36,7 +36,7 @@ from rq.timeouts import JobTimeoutException
 from backend.core import cancellation, chunks, eta, faults, metrics, outage, webhooks
 from backend.core.clock import utcnow
 from backend.core.errors import SegueError, TaskFailure
-from backend.core.jobqueue import later_job_id
+from backend.core.maintenance import queue_at_front, restart_from_zero
 from backend.core.tasks import CONTENT_TYPES
 
 from . import runtime
@@ -138,11 +138,8 @@ def claim(rt: runtime.Runtime, task_id: str) -> TaskRun | None:
         log.info("task %s is no longer queued (canceled or taken); skipping", task_id)
         return None
 
-    def restart_stream() -> None:
-        rt.services.progress.clear(task_id)  # a retry's progress starts again from 0
-        chunks.reset(rt.services.redis, task_id)  # and its audio stream from the start
-
-    outage.retry(f"reset the progress of task {task_id}", restart_stream)
+    # A retry's progress starts again from 0, and its audio stream from the start.
+    outage.retry(f"reset the progress of task {task_id}", lambda: restart_from_zero(rt.services, task_id))
     reporter = ProgressReporter(rt.services.progress, task_id)
     reporter.report(0.5, force=True)
     return TaskRun(task_id, doc, reporter, run_id)
@@ -238,10 +235,7 @@ def hand_back(rt: runtime.Runtime, run: TaskRun, reason: str) -> bool:
         log.warning("could not hand task %s back now (%s); housekeeping will requeue it", run.task_id, exc)
         return False
     try:
-        services.progress.clear(run.task_id)
-        chunks.reset(services.redis, run.task_id)
-        job_id = services.queue.enqueue(run.task_id, job_id=later_job_id(run.task_id, "h"), at_front=True)
-        services.store.update(run.task_id, {"job_id": job_id})
+        queue_at_front(services, run.task_id, "h")
     except Exception as exc:  # queued in MongoDB but on no queue: housekeeping's requeue_lost finds it
         log.warning("task %s handed back but not queued again (%s); housekeeping will", run.task_id, exc)
     log.info("task %s handed back to the queue: %s", run.task_id, reason)
