@@ -71,9 +71,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Setup:
-    """One decoder (float32 or int8) stepping ``tasks`` guided tasks at ``positions`` cached positions."""
+    """One decoder (float32 or int8) stepping ``tasks`` guided tasks at ``positions`` cached positions on average.
 
-    def __init__(self, model, decoder, tasks: int, positions: int):
+    Tasks of a batch stand ``SPREAD`` positions apart around ``positions`` (as tasks that arrived at
+    different times do), so each attends over its own length in its own call (``DecoderStep.decode``), as
+    when serving."""
+
+    SPREAD = 10
+
+    def __init__(self, model, decoder, tasks: int, positions: int, kv_dtype: torch.dtype = torch.float32):
         from worker.engine.kv_cache import KVCache
         from worker.engine.step import DecoderStep
 
@@ -81,7 +87,7 @@ class Setup:
         self.rows = 2 * tasks
         cache = KVCache(layers=config.num_hidden_layers, rows=self.rows, heads=config.num_attention_heads,
                         head_dim=config.hidden_size // config.num_attention_heads,
-                        max_positions=positions + 8, max_text=8)
+                        max_positions=positions + self.SPREAD * tasks + 8, max_text=8, dtype=kv_dtype)
         projection = model.enc_to_dec_proj if model.text_encoder.config.hidden_size != config.hidden_size else None
         self.step = DecoderStep(decoder, cache, projection)
         generator = torch.Generator().manual_seed(0)
@@ -92,7 +98,8 @@ class Setup:
         cache.keys.normal_(generator=generator)
         cache.values.normal_(generator=generator)
         self.ids = torch.randint(0, 2048, (self.rows, config.num_codebooks), generator=generator)
-        self.positions = torch.full((self.rows,), positions)
+        offsets = [self.SPREAD * t - self.SPREAD * (tasks - 1) // 2 for t in range(tasks)]
+        self.positions = torch.tensor([positions + offset for offset in offsets for _ in range(2)])
 
     def time_steps(self, steps: int) -> float:
         """Wall ms per step; the process's CPU ms per step is left in ``cpu_ms``."""
@@ -149,7 +156,9 @@ class HFSetup:
         return total / steps * 1000
 
 
-def drift_of(model, decoders: dict, positions: int) -> dict:
+def drift_of(model, decoders: dict, positions: int, kv_dtypes: dict | None = None) -> dict:
+    """Each decoder's next-token distributions against ``decoders["fp32"]``'s on the same tokens; ``kv_dtypes``:
+    a decoder's KV cache dtype when not float32."""
     from worker.engine import delay
     from worker.engine.kv_cache import KVCache
     from worker.engine.quantize import drift
@@ -168,7 +177,8 @@ def drift_of(model, decoders: dict, positions: int) -> dict:
         for name, decoder in decoders.items():
             cache = KVCache(layers=config.num_hidden_layers, rows=1, heads=config.num_attention_heads,
                             head_dim=config.hidden_size // config.num_attention_heads,
-                            max_positions=ids.shape[1], max_text=8)
+                            max_positions=ids.shape[1], max_text=8,
+                            dtype=(kv_dtypes or {}).get(name, torch.float32))
             step = DecoderStep(decoder, cache, projection)
             step.set_text(slice(0, 1), states, guided=False)
             out = [step.prefill(slice(0, 1), ids[None, :, :positions], 0)]
@@ -215,7 +225,7 @@ def step_figures(args, settler) -> dict:
     """Decoding-step times (fp32, int8 modes, transformers) and int8 drift."""
     from transformers import MusicgenForConditionalGeneration
 
-    from worker.engine.quantize import quantize_decoder
+    from worker.engine.quantize import CPU_DEFAULT, kv_dtype, quantize_decoder
 
     started = time.perf_counter()
     model = MusicgenForConditionalGeneration.from_pretrained(
@@ -223,12 +233,17 @@ def step_figures(args, settler) -> dict:
     decoders = {"fp32": model.decoder}
     for mode in QUANTIZED:
         decoders[mode] = quantize_decoder(model.decoder, mode)
+    # Quantized modes run over the KV cache a worker gives them (SEGUE_KV_CACHE=auto: bfloat16); the CPU
+    # default once more over a float32 cache, to show what the narrower cache buys.
+    kv_dtypes = {mode: kv_dtype("auto", "cpu", True, torch.float32) for mode in QUANTIZED}
+    decoders[f"{CPU_DEFAULT}-f32kv"] = decoders[CPU_DEFAULT]
     log(f"loaded and quantized in {time.perf_counter() - started:.0f} s; threads {torch.get_num_threads()}")
 
     setups = {}
     for tasks in args.tasks:
         for name, decoder in decoders.items():
-            setups[(name, tasks)] = Setup(model, decoder, tasks, args.positions)
+            setups[(name, tasks)] = Setup(model, decoder, tasks, args.positions,
+                                          kv_dtypes.get(name, torch.float32))
         setups[("hf-fp32", tasks)] = HFSetup(model, tasks, args.positions)
     best: dict = {}
     cpu: dict = {}
@@ -243,7 +258,7 @@ def step_figures(args, settler) -> dict:
     del setups
 
     log("drift against float32")
-    drift = drift_of(model, decoders, args.positions)
+    drift = drift_of(model, decoders, args.positions, kv_dtypes)
     step_ms = {f"{name}_x{tasks}": round(ms, 1) for (name, tasks), ms in best.items() if name != "hf-fp32"}
     hf_ms = {f"fp32_x{tasks}": round(ms, 1) for (name, tasks), ms in best.items() if name == "hf-fp32"}
     low, high = min(args.tasks), max(args.tasks)

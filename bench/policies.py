@@ -100,11 +100,14 @@ def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None]
     decoders = {"fp32": model.decoder, "int8": quantize_decoder(model.decoder, "int8"),
                 CPU_DEFAULT: chosen_engine.decoder}
     best: dict = {}
-    setups = {(name, tasks, positions): Setup(model, decoder, tasks, positions)
+    # Each as a worker runs it: the CPU default over the chosen engine's KV cache (bfloat16), int8's over the
+    # same (SEGUE_KV_CACHE=auto gives any quantized decoder that cache), float32 over float32.
+    kv_dtypes = {"int8": chosen_engine.kv_dtype, CPU_DEFAULT: chosen_engine.kv_dtype}
+    setups = {(name, tasks, positions): Setup(model, decoder, tasks, positions, kv_dtypes.get(name, torch.float32))
               for name, decoder in decoders.items() for tasks in (1, 8)}
     for tasks in (1, 8):
         setups[(CPU_DEFAULT, tasks, MUSICIAN_POSITIONS)] = Setup(model, decoders[CPU_DEFAULT], tasks,
-                                                                 MUSICIAN_POSITIONS)
+                                                                 MUSICIAN_POSITIONS, chosen_engine.kv_dtype)
     bandwidths = []
     for round_ in range(2):
         bandwidths.append(settler.measure("memory copy", copy_bandwidth_gbs))
@@ -116,8 +119,12 @@ def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None]
     del setups
     bandwidth = max(bandwidths)
     weight_bytes = step_weight_bytes(decoders[CPU_DEFAULT])
+    config = model.decoder.config
+    # What the step also reads from the cache for one guided task (two rows, keys and values, every layer).
+    cache_bytes = (2 * 2 * config.num_hidden_layers * config.hidden_size * MUSICIAN_POSITIONS
+                   * chosen_engine.kv_dtype.itemsize)
     step_1 = best[(CPU_DEFAULT, 1, MUSICIAN_POSITIONS)]
-    drifts = drift_of(model, decoders, positions)
+    drifts = drift_of(model, decoders, positions, kv_dtypes)
     del decoders["int8"]
     return {
         "step_ms": {f"{name}_x{tasks}": round(ms, 1) for (name, tasks, at), ms in best.items() if at == positions},
@@ -125,12 +132,15 @@ def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None]
         "int8_speedup": round(best[("fp32", 1, positions)] / best[("int8", 1, positions)], 3),
         "int8_drift": {k: round(v, 6) for k, v in drifts["int8"].items()},
         "quantize_mode": CPU_DEFAULT,
+        "kv_cache": str(chosen_engine.kv_dtype).removeprefix("torch."),
         "step_ms_1": round(step_1, 1),
         "step_ms_8": round(best[(CPU_DEFAULT, 8, MUSICIAN_POSITIONS)], 1),
         "step_positions": MUSICIAN_POSITIONS,
         "step_weight_bytes": weight_bytes,
         "copy_bandwidth_gbs": round(bandwidth, 1),
         "bandwidth_share_1": round(weight_bytes / (step_1 / 1000) / (bandwidth * 1e9), 3),
+        "step_cache_bytes_1": cache_bytes,
+        "bandwidth_share_1_with_cache": round((weight_bytes + cache_bytes) / (step_1 / 1000) / (bandwidth * 1e9), 3),
         "drift": {"mode": CPU_DEFAULT, **{k: round(v, 6) for k, v in drifts[CPU_DEFAULT].items()}},
         "drift_all": {name: {k: round(v, 6) for k, v in d.items()} for name, d in drifts.items()},
     }

@@ -18,8 +18,10 @@ each reports its median and its fastest round. Also, per candidate:
   slicing does not count; contention for caches and memory still does).
 
 Candidates: ``fp32``; ``int8`` (torch dynamic int8, one activation scale per
-call); ``int8-rows`` (the same kernel, one scale per row:
-``worker.engine.quantize.RowScaledInt8Linear``); ``int8-weight-only``
+call); ``int8-rows`` (one activation range per row:
+``worker.engine.quantize.RowScaledInt8Linear`` on oneDNN's int8 kernel, as
+the engine runs it on x86); ``int8-rows-fbgemm`` (the same on torch's
+dynamic int8 kernel with an anchor row, the fallback); ``int8-weight-only``
 (``_weight_int8pack_mm``, bfloat16 activations); ``int4-weight-only``
 (``_weight_int4pack_mm_for_cpu``, groups of 128, bfloat16 activations);
 ``bf16`` (the layers in bfloat16); ``fp16-weights`` (torch dynamic fp16).
@@ -129,7 +131,8 @@ def torch_candidates(reference: torch.nn.Module) -> dict:
         return {
             "fp32": reference,
             "int8": quantize_dynamic(copy.deepcopy(reference), {torch.nn.Linear}, dtype=torch.qint8),
-            "int8-rows": swapped(reference, RowScaledInt8Linear),
+            "int8-rows": swapped(reference, RowScaledInt8Linear),  # oneDNN's kernel where torch has it
+            "int8-rows-fbgemm": swapped(reference, lambda linear: RowScaledInt8Linear(linear, "dynamic")),
             "int8-weight-only": swapped(reference, Int8Linear),
             "int4-weight-only": swapped(reference, Int4WeightOnly),
             "bf16": Cast(copy.deepcopy(reference).to(torch.bfloat16), torch.bfloat16),

@@ -99,6 +99,10 @@ def engine_in_modes(build=None, name: str = "engine"):
 
             made = MusicGenEngine(str(tiny_model), device="cpu", quantize=mode)
         assert made.quantize == mode
+        # A quantized CPU decoder runs over a bfloat16 KV cache (SEGUE_KV_CACHE=auto): tested as it is served.
+        import torch
+
+        assert made.kv_dtype == (torch.bfloat16 if mode else torch.float32)
         yield made
         made.close()
 

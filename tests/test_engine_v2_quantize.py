@@ -17,16 +17,29 @@ from worker.engine.quantize import (
     RowScaledInt8Linear,
     _concatenated,
     drift,
+    kv_dtype,
+    onednn_int8_available,
     quantize_decoder,
     resolve,
 )
+from worker.engine.kv_cache import KVCache
 from worker.engine.scheduler import Scheduler
 from worker.engine.step import DecoderStep
 
 
-def logits_along(model, decoder, ids: torch.Tensor, states: torch.Tensor, prompt_positions: int) -> torch.Tensor:
+KERNELS = ["onednn", "dynamic"] if onednn_int8_available() else ["dynamic"]
+
+
+def logits_along(model, decoder, ids: torch.Tensor, states: torch.Tensor, prompt_positions: int,
+                 cache_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Next-token logits at every position from the prompt's end on: (positions, K, vocab)."""
-    step = DecoderStep(decoder, make_cache(model, rows=1), text_projection(model))
+    cache = make_cache(model, rows=1)
+    if cache_dtype != torch.float32:
+        config = model.decoder.config
+        cache = KVCache(layers=config.num_hidden_layers, rows=1, heads=config.num_attention_heads,
+                        head_dim=config.hidden_size // config.num_attention_heads, max_positions=64,
+                        max_text=16, dtype=cache_dtype)
+    step = DecoderStep(decoder, cache, text_projection(model))
     with torch.inference_mode():
         step.set_text(slice(0, 1), states, guided=False)
         out = [step.prefill(slice(0, 1), ids[None, :, :prompt_positions], 0)]
@@ -52,6 +65,21 @@ def test_int8_drift_from_float32_is_small(engine, mode):
     assert not hasattr(model.decoder, "fused_lm_head") and hasattr(quantized, "fused_lm_head")
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float16])
+def test_a_narrower_kv_cache_drifts_little_from_float32(engine, cache_dtype):
+    model = engine.model
+    ids, states = a_task(model, 10, 30, [5, 6, 7, 1], seed=4)
+    reference = logits_along(model, model.decoder, ids, states, 11)
+    narrow = logits_along(model, model.decoder, ids, states, 11, cache_dtype)
+    assert not torch.equal(narrow, reference)  # the cache really is narrower
+    measured = drift(reference, narrow)
+    assert abs(measured["mean_kl"]) < 1e-4 and measured["top1_agreement"] > 0.9
+    # With the CPU default's int8 decoder as served (SEGUE_KV_CACHE=auto).
+    quantized = quantize_decoder(model.decoder, CPU_DEFAULT)
+    both = drift(reference, logits_along(model, quantized, ids, states, 11, torch.bfloat16))
+    assert both["mean_kl"] < 1e-3 and both["top1_agreement"] > 0.8
+
+
 def test_int8_linear_is_close_to_the_float_layer_and_row_independent():
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48, bias=True)
@@ -65,10 +93,12 @@ def test_int8_linear_is_close_to_the_float_layer_and_row_independent():
         assert torch.equal(int8(x[:1]), got[:1])
 
 
-def test_row_scaled_int8_is_row_independent_bit_for_bit_and_closer_than_per_call_int8():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_row_scaled_int8_is_row_independent_bit_for_bit_and_closer_than_per_call_int8(kernel):
     torch.manual_seed(0)
     linear = torch.nn.Linear(256, 192, bias=True)
-    rows = RowScaledInt8Linear(linear)
+    rows = RowScaledInt8Linear(linear, kernel)
+    assert rows.kernel == kernel
     # Rows of very different magnitudes: per-call int8 would quantize the small ones coarsely.
     x = torch.randn(8, 1, 256) * torch.logspace(-2, 1, 8)[:, None, None]
     with torch.inference_mode():
@@ -90,14 +120,58 @@ def quantize_decoder_free_int8(linear: torch.nn.Linear) -> torch.nn.Module:
     return quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def test_fused_projections_compute_exactly_what_the_separate_layers_do():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fused_projections_compute_exactly_what_the_separate_layers_do(kernel):
     torch.manual_seed(1)
     parts = [torch.nn.Linear(64, 48, bias=False) for _ in range(3)]
     parts[1].weight.data *= 10  # per-output-channel weight scales: fusing shares none
     x = torch.randn(5, 1, 64)
     with torch.inference_mode():
-        fused = RowScaledInt8Linear(_concatenated(parts))(x)
-        assert torch.equal(fused, torch.cat([RowScaledInt8Linear(p)(x) for p in parts], dim=-1))
+        fused = RowScaledInt8Linear(_concatenated(parts), kernel)(x)
+        assert torch.equal(fused, torch.cat([RowScaledInt8Linear(p, kernel)(x) for p in parts], dim=-1))
+
+
+@pytest.mark.parametrize("shape", [(32, 96), (64, 48), (1024, 3072), (4096, 1024)])
+def test_onednn_rows_are_independent_at_every_row_count(shape):
+    """oneDNN picks other kernels for other row counts; small layers once differed in their last bits."""
+    if "onednn" not in KERNELS:
+        pytest.skip("this torch has no oneDNN int8 linear")
+    torch.manual_seed(2)
+    linear = torch.nn.Linear(*shape, bias=False)
+    rows = RowScaledInt8Linear(linear, "onednn")
+    x = torch.randn(33, shape[0])
+    with torch.inference_mode():
+        whole = rows(x)
+        for count in (1, 2, 3, 5, 16, 17):
+            assert torch.equal(rows(x[:count]), whole[:count]), count
+            assert torch.equal(rows(x[5 : 5 + count]), whole[5 : 5 + count]), count
+
+
+def test_the_two_int8_rows_kernels_agree_and_a_copy_computes_the_same():
+    """oneDNN (x86) and torch's dynamic kernel (the fallback elsewhere) quantize the same way."""
+    import copy
+
+    if "onednn" not in KERNELS:
+        pytest.skip("this torch has no oneDNN int8 linear")
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(256, 128, bias=True)
+    x = torch.randn(6, 256) * torch.logspace(-2, 1, 6)[:, None]
+    with torch.inference_mode():
+        onednn, dynamic = RowScaledInt8Linear(linear, "onednn"), RowScaledInt8Linear(linear, "dynamic")
+        a, b, expected = onednn(x), dynamic(x), linear(x)
+        scale = expected.norm(dim=-1)
+        assert ((a - expected).norm(dim=-1) / scale).max() < 0.05
+        assert ((a - b).norm(dim=-1) / scale).max() < 0.05
+        clone = copy.deepcopy(onednn)  # the packed weight is opaque to deepcopy: packed again
+        assert clone.packed is not onednn.packed and torch.equal(clone(x), a)
+
+
+def test_the_kv_cache_is_bfloat16_under_a_quantized_cpu_decoder_only():
+    assert kv_dtype("auto", "cpu", True, torch.float32) == torch.bfloat16
+    assert kv_dtype("auto", "cpu", False, torch.float32) == torch.float32
+    assert kv_dtype("auto", "cuda", False, torch.float16) == torch.float16
+    assert kv_dtype("float32", "cpu", True, torch.float32) == torch.float32
+    assert kv_dtype("float16", "cpu", False, torch.float32) == torch.float16
 
 
 def test_auto_is_int8_rows_for_real_models_on_cpus_only():

@@ -27,6 +27,7 @@ class KVCache:
     def __init__(self, *, layers: int, rows: int, heads: int, head_dim: int, max_positions: int,
                  max_text: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         self.rows = rows
+        self.dtype = dtype  # may be narrower than the model's (DecoderStep casts on the way in and out)
         self.max_positions = max_positions
         # The last position is scratch: no task reads or writes it (callers size the cache one position
         # longer than the longest sequence), so padding rows of a fixed-shape step can write there.
@@ -60,8 +61,8 @@ class KVCache:
                  values: torch.Tensor) -> None:
         """One key/value ``(rows, heads, 1, head_dim)`` per row of ``rows``, each at its own position."""
         index = torch.arange(*rows.indices(self.rows), device=positions.device)
-        self.keys[layer, index, :, positions] = keys[:, :, 0]
-        self.values[layer, index, :, positions] = values[:, :, 0]
+        self.keys[layer, index, :, positions] = keys[:, :, 0].to(self.dtype)
+        self.values[layer, index, :, positions] = values[:, :, 0].to(self.dtype)
 
     def set_cross(self, rows: slice, keys: list[torch.Tensor], values: list[torch.Tensor],
                   attends: list[bool]) -> None:

@@ -55,7 +55,7 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from worker.device import pick_device
 from worker.engine.loop import EngineLoop
-from worker.engine.quantize import quantize_decoder, resolve
+from worker.engine.quantize import kv_dtype, quantize_decoder, resolve
 from worker.engine.requests import GenerationRequest, GenerationResult, OnStep, Plan
 from worker.engine.scheduler import Scheduler
 from worker.engine.windows import WINDOW_SECONDS
@@ -80,14 +80,17 @@ class MusicGenEngine:
     each, 30 s long). ``quantize``: ``""`` (off), ``"int8-rows"``, ``"int8"``
     or ``"int8-weight-only"`` for the decoder's linear layers on CPU workers,
     or ``"auto"`` (``int8-rows`` for a real-size model on a CPU, else off;
-    ``worker.engine.quantize``). ``cuda_graphs``: capture the decoding step
+    ``worker.engine.quantize``). ``kv_cache``: the KV cache's dtype, ``"auto"`` (bfloat16
+    under a quantized decoder on a CPU, else the model's), ``"float32"``, ``"bfloat16"`` or
+    ``"float16"``. ``cuda_graphs``: capture the decoding step
     as CUDA graphs on a GPU (``worker.engine.graphs``).
     """
 
     MODEL_CLASS = MusicgenForConditionalGeneration
 
     def __init__(self, model_ref: str, device: str = "auto", half_precision: bool = True,
-                 cpu_threads: int = 0, *, max_tasks: int = 8, quantize: str = "", cuda_graphs: bool = True):
+                 cpu_threads: int = 0, *, max_tasks: int = 8, quantize: str = "", cuda_graphs: bool = True,
+                 kv_cache: str = "auto"):
         self.model_ref = model_ref
         torch_device, dtype = pick_device(device, half_precision)
         self._torch_device = torch_device
@@ -120,6 +123,7 @@ class MusicGenEngine:
             quantize = ""
         self.quantize = quantize  # as applied
         self.decoder = quantize_decoder(self.model.decoder, quantize, inplace=True) if quantize else self.model.decoder
+        self.kv_dtype = kv_dtype(kv_cache, torch_device.type, bool(quantize), dtype)
         self._lock = threading.Lock()
         self._loop: EngineLoop | None = None
         self._closing = False

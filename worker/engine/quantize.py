@@ -65,6 +65,20 @@ def resolve(mode: str, device_type: str, parameters: int) -> str:
     return CPU_DEFAULT if device_type == "cpu" and parameters >= SMALL_MODEL_PARAMETERS else ""
 
 
+KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def kv_dtype(setting: str, device_type: str, quantized: bool, model_dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's dtype: ``auto`` is bfloat16 under a quantized decoder on a CPU, else the model's.
+
+    At a musician's 550 cached positions a float32 cache is more bytes per step than the int8 weights
+    (0.22 GB for one task, 1.7 GB for eight); bfloat16 halves them, and attention runs in bfloat16 over
+    it (``DecoderStep._attend``), each row on its own, so the seed guarantees hold (tested)."""
+    if setting == "auto":
+        return torch.bfloat16 if quantized and device_type == "cpu" else model_dtype
+    return KV_DTYPES[setting]
+
+
 class Int8Linear(torch.nn.Module):
     """``nn.Linear`` with int8 weights (symmetric, one scale per output channel), bfloat16 activations."""
 
@@ -85,23 +99,63 @@ class Int8Linear(torch.nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
+# Activation levels per row: 7 bits (0..127), as torch's dynamic int8 uses on x86 (``reduce_range``): without
+# VNNI, x86's u8 x s8 multiply-add saturates 16-bit pair sums above 127 * 127 * 2.
+LEVELS = 127
+
+
+def onednn_int8_available() -> bool:
+    """Whether this torch has oneDNN's int8 linear (x86 builds do; ARM builds may not)."""
+    try:
+        weight = torch.ones(2, 4, dtype=torch.int8)
+        packed = torch.ops.onednn.qlinear_prepack(weight, None)
+        out = _onednn_linear(torch.ones(1, 4, dtype=torch.uint8), packed, torch.ones(2), torch.zeros(2, dtype=torch.long))
+        return bool(torch.equal(out, torch.full((1, 2), 4.0)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _onednn_linear(levels, packed, scales, zero_points):
+    # Input scale exactly 1.0: each output is its exact int32 sum times its column's weight scale, whatever
+    # the kernel's blocking or row count (a scale of 1/127 there made small layers' last bits depend on the
+    # row count: the kernels multiply the two scales in different orders).
+    return torch.ops.onednn.qlinear_pointwise(levels, 1.0, 0, packed, scales, zero_points, None, 1.0, 0,
+                                              torch.float32, "none", [], "")
+
+
 class RowScaledInt8Linear(torch.nn.Module):
-    """``nn.Linear`` on torch's dynamic int8 kernel with one activation range per row (``int8-rows``).
+    """``nn.Linear`` with int8 weights and activations quantized per row (``int8-rows``).
 
-    ``quantized::linear_dynamic`` picks its activation scale from the whole call's min and max, so a
-    row's result depends on its neighbours. Here every row is first mapped onto [0, 1] by its own
-    minimum and span (``x = low + span * u``), and one anchor row holding 0 and 1 is appended: the
-    call's range is then exactly [0, 1] whatever the batch holds, the kernel's quantization step is a
-    constant, and int32 accumulation makes each row's output independent of the others, bit for bit.
-    The output is mapped back: ``W x = span * (W u) + low * (W 1)``, with ``W 1`` (the int8 weight's
-    row sums) precomputed. Each row uses the kernel's whole range over its own [min, max], as a
-    one-row call of ``int8`` would."""
+    Each row is mapped onto the integer levels 0..127 by its own minimum and span (``x = low + span *
+    u``), multiplied with the int8 weights (one scale per output channel) summing exactly in int32, and
+    mapped back: ``W x = span * (W u) + low * (W 1)``, with ``W 1`` (the int8 weights' own row sums)
+    precomputed. Nothing is shared across rows, so a row's output is bit for bit the same alone and
+    batched (tested): the engine's seed guarantees hold.
 
-    def __init__(self, linear: torch.nn.Linear):
+    Two kernels, the same arithmetic: oneDNN's int8 linear (``onednn.qlinear_pointwise``; x86 builds),
+    fed the levels directly; else torch's dynamic int8 linear (fbgemm, qnnpack on ARM), which picks its
+    activation scale from the whole call's minimum and maximum, so one anchor row holding 0 and 1 is
+    appended to the rows in [0, 1], pinning the call's range (and so its scale) to a constant. oneDNN
+    was 12 % faster for one task and 27 % for eight on the decoder's layers here (``docs/cpu-engine.md``),
+    and needs no anchor row."""
+
+    def __init__(self, linear: torch.nn.Linear, kernel: str | None = None):
         super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.kernel = kernel or ("onednn" if onednn_int8_available() else "dynamic")
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        if self.kernel == "onednn":
+            weight = linear.weight.detach().float()
+            scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+            weight_int8 = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+            self.register_buffer("weight_int8", weight_int8)
+            self.register_buffer("scales", scales)
+            self.register_buffer("zero_points", torch.zeros(self.out_features, dtype=torch.long))
+            self.register_buffer("row_sums", (weight_int8.float() * scales[:, None]).sum(dim=1))
+            self.packed = torch.ops.onednn.qlinear_prepack(weight_int8, None)  # oneDNN's own layout
+            return
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         bare = torch.nn.Linear(linear.in_features, linear.out_features, bias=False)
         bare.weight = linear.weight  # the bias is added after mapping back
         bare.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig  # one weight scale per output
@@ -111,10 +165,20 @@ class RowScaledInt8Linear(torch.nn.Module):
         # The int8 weights' own row sums: the large shared part of both terms then carries the same
         # weight rounding and cancels as in ``W_q x`` (float sums measured 2-3x the error).
         self.register_buffer("row_sums", self.inner.weight().dequantize().float().sum(dim=1))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         anchor = torch.zeros(1, linear.in_features, dtype=linear.weight.dtype)
         anchor[0, -1] = 1.0
         self.register_buffer("anchor", anchor)
+
+    def __deepcopy__(self, memo):
+        # oneDNN's packed weight is an opaque tensor that cannot be copied: copy the rest, pack again.
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for name, value in self.__dict__.items():
+            if name != "packed":
+                clone.__dict__[name] = copy.deepcopy(value, memo)
+        if "packed" in self.__dict__:
+            clone.packed = torch.ops.onednn.qlinear_prepack(clone.weight_int8, None)
+        return clone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -122,8 +186,14 @@ class RowScaledInt8Linear(torch.nn.Module):
         span = (high - low).clamp_min_(1e-30)
         # No clamp needed: x - low >= 0 exactly, and (x - low) <= (high - low) = span after rounding
         # (rounding is monotonic), so every unit value lies in [0, 1].
-        unit = (flat - low).div_(span)
-        out = torch.addcmul(low * self.row_sums, self.inner(torch.cat([unit, self.anchor]))[:-1], span)
+        if self.kernel == "onednn":
+            levels = (flat - low).mul_(LEVELS / span).round_().to(torch.uint8)
+            product = _onednn_linear(levels, self.packed, self.scales, self.zero_points)
+            out = torch.addcmul(low * self.row_sums, product, span / LEVELS)
+        else:
+            unit = (flat - low).div_(span)
+            product = self.inner(torch.cat([unit, self.anchor]))[:-1]
+            out = torch.addcmul(low * self.row_sums, product, span)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
@@ -200,6 +270,8 @@ def step_weight_bytes(decoder: torch.nn.Module) -> int:
 
     def size(module) -> int:
         if isinstance(module, RowScaledInt8Linear):
+            if module.kernel == "onednn":
+                return module.weight_int8.numel() + module.scales.numel() * module.scales.element_size()
             module = module.inner
         if isinstance(module, DynamicLinear):
             weight = module.weight()

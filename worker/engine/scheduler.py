@@ -134,7 +134,7 @@ class Scheduler:
                              head_dim=config.hidden_size // config.num_attention_heads,
                              max_positions=self.max_prefix + self.max_positions + 1,  # + scratch
                              max_text=0 if self.melody else max_text,
-                             dtype=engine._dtype, device=engine._torch_device)
+                             dtype=engine.kv_dtype, device=engine._torch_device)
         projection = None  # melody engines project the text themselves (it is part of their prefix)
         if (not self.melody and model.text_encoder.config.hidden_size != config.hidden_size
                 and config.cross_attention_hidden_size is None):

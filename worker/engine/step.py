@@ -84,15 +84,17 @@ class DecoderStep:
         else:
             hidden = self._embed(inputs, positions[None].expand(inputs.shape[0], -1))
         keys = torch.arange(end, device=device)
-        mask = torch.zeros((chunk, end), dtype=hidden.dtype, device=device)
+        mask = torch.zeros((chunk, end), dtype=self.cache.dtype, device=device)
         mask.masked_fill_(keys[None, :] > positions[:, None], self.cache.masked)  # causal
         mask = mask[None, None]
 
-        def write(layer: int, k: torch.Tensor, v: torch.Tensor):
-            self.cache.write(layer, rows, start, k, v)
-            return self.cache.keys[layer, rows, :, :end], self.cache.values[layer, rows, :, :end]
+        def attend_self(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float):
+            self.cache.write(layer, rows, start, key, value)
+            return self._attend(query, self.cache.keys[layer, rows, :, :end], self.cache.values[layer, rows, :, :end],
+                                mask, scale)
 
-        hidden = self._layers(hidden, write, mask, rows)
+        text = max(self.cache.text_lengths[rows], default=0)
+        hidden = self._layers(hidden, attend_self, self._cross_attention(rows, text))
         return self._logits(hidden[:, -1:])[:, :, 0]
 
     def decode(self, rows: slice, ids: torch.Tensor, positions: torch.Tensor, static: bool = False) -> torch.Tensor:
@@ -100,22 +102,72 @@ class DecoderStep:
         ``(rows, K)``, ``positions`` ``(rows,)``, each row's own. Returns logits ``(rows, K, vocab)``
         for the position after.
 
-        ``static``: attend over the cache's whole length and text width, masked, instead of only as far
-        as the longest row has got: more work, but every shape is fixed by the row count and nothing is
-        read back to the host, so the pass can be captured as a CUDA graph (``graphs``)."""
-        # Dynamic: attend only as far as the longest row has got (one host read per step).
-        window = self.cache.max_positions if static else int(positions.max()) + 1
+        Attention runs per run of neighbouring rows at the same position with the same text length
+        (a task's rows, or several tasks that happen to be level), over exactly the positions they
+        have: the same call, on the same shapes, as each would get alone, so a row's result never
+        depends on how far its neighbours have got (one masked call over the longest row's length
+        did: attention kernels sum differently over a longer, masked window, measured in bfloat16).
+        It also reads no more of the cache than the rows have filled.
+
+        ``static``: one call for all rows over the cache's whole length and text width, masked: more
+        work, but every shape is fixed by the row count and nothing is read back to the host, so the
+        pass can be captured as a CUDA graph (``graphs``)."""
         hidden = self._embed(ids[:, :, None], positions[:, None])
-        keys = torch.arange(window, device=ids.device)
-        mask = torch.zeros((ids.shape[0], window), dtype=hidden.dtype, device=ids.device)
+        if static:
+            return self._logits(self._layers(hidden, *self._static_attention(rows, positions)))[:, :, 0]
+        runs = self._runs(rows, positions.tolist())
+
+        def attend_self(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float):
+            self.cache.write_at(layer, rows, positions, key, value)
+            outs = [self._attend(query[run], self.cache.keys[layer, span, :, :length],
+                                 self.cache.values[layer, span, :, :length], None, scale)
+                    for run, span, length, _ in runs]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+        crosses = [(run, self._cross_attention(span, text)) for run, span, _, text in runs]
+
+        def attend_cross(layer: int, query: torch.Tensor, scale: float):
+            outs = [cross(layer, query[run], scale) for run, cross in crosses]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+        return self._logits(self._layers(hidden, attend_self, attend_cross))[:, :, 0]
+
+    def _runs(self, rows: slice, positions: list[int]) -> list[tuple[slice, slice, int, int]]:
+        """Runs of neighbouring rows at one position with one text length: (rows within the batch, rows
+        of the cache, positions to attend over, text length)."""
+        first = rows.indices(self.cache.rows)[0]
+        texts = self.cache.text_lengths
+        runs, begin = [], 0
+        for row in range(1, len(positions) + 1):
+            if (row == len(positions) or positions[row] != positions[begin]
+                    or texts[first + row] != texts[first + begin]):
+                runs.append((slice(begin, row), slice(first + begin, first + row), positions[begin] + 1,
+                             texts[first + begin]))
+                begin = row
+        return runs
+
+    def _static_attention(self, rows: slice, positions: torch.Tensor):
+        """Self- and cross-attention over the whole cache and text width, masked (fixed shapes)."""
+        window = self.cache.max_positions
+        keys = torch.arange(window, device=positions.device)
+        mask = torch.zeros((positions.shape[0], window), dtype=self.cache.dtype, device=positions.device)
         mask.masked_fill_(keys[None, :] > positions[:, None], self.cache.masked)
         mask = mask[:, None, None]
 
-        def write(layer: int, k: torch.Tensor, v: torch.Tensor):
-            self.cache.write_at(layer, rows, positions, k, v)
-            return self.cache.keys[layer, rows, :, :window], self.cache.values[layer, rows, :, :window]
+        def attend_self(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float):
+            self.cache.write_at(layer, rows, positions, key, value)
+            return self._attend(query, self.cache.keys[layer, rows], self.cache.values[layer, rows], mask, scale)
 
-        return self._logits(self._layers(hidden, write, mask, rows, static))[:, :, 0]
+        return attend_self, self._cross_attention(rows, self.cache.max_text)
+
+    def _cross_attention(self, rows: slice, text: int):
+        mask = self.cache.cross_mask[rows, None, None, :text]
+
+        def attend_cross(layer: int, query: torch.Tensor, scale: float):
+            return self._attend(query, self.cache.cross_keys[layer, rows, :, :text],
+                                self.cache.cross_values[layer, rows, :, :text], mask, scale)
+
+        return attend_cross
 
     # -- parts -----------------------------------------------------------------
 
@@ -135,10 +187,9 @@ class DecoderStep:
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.width)
 
-    def _layers(self, hidden: torch.Tensor, write, mask: torch.Tensor, rows: slice,
-                static: bool = False) -> torch.Tensor:
-        text = self.cache.max_text if static else max(self.cache.text_lengths[rows], default=0)
-        cross_mask = self.cache.cross_mask[rows, None, None, :text]
+    def _layers(self, hidden: torch.Tensor, attend_self, attend_cross) -> torch.Tensor:
+        """The decoder layers; ``attend_self(layer, query, key, value, scale)`` stores the new keys and values
+        and attends over the cache, ``attend_cross(layer, query, scale)`` over the text."""
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             x = layer.self_attn_layer_norm(hidden)
@@ -147,8 +198,7 @@ class DecoderStep:
             else:
                 query, key, value = (self._split(attention.q_proj(x)), self._split(attention.k_proj(x)),
                                      self._split(attention.v_proj(x)))
-            keys, values = write(index, key, value)
-            x = scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=attention.scaling)
+            x = attend_self(index, query, key, value, attention.scaling)
             hidden = hidden + attention.out_proj(self._merge(x))
 
             if not self.cross_attention:
@@ -157,15 +207,19 @@ class DecoderStep:
                 continue
             attention = layer.encoder_attn
             x = layer.encoder_attn_layer_norm(hidden)
-            query = self._split(attention.q_proj(x))
-            x = scaled_dot_product_attention(query, self.cache.cross_keys[index, rows, :, :text],
-                                             self.cache.cross_values[index, rows, :, :text],
-                                             attn_mask=cross_mask, scale=attention.scaling)
+            x = attend_cross(index, self._split(attention.q_proj(x)), attention.scaling)
             hidden = hidden + attention.out_proj(self._merge(x))
 
             x = layer.final_layer_norm(hidden)
             hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
         return self.body.layer_norm(hidden)
+
+    def _attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                scale: float) -> torch.Tensor:
+        # In the cache's precision (bfloat16 on quantized CPU workers: half the bytes a step reads from the
+        # cache), back in the layer's. Each row and head is still computed on its own.
+        out = scaled_dot_product_attention(query.to(keys.dtype), keys, values, attn_mask=mask, scale=scale)
+        return out.to(query.dtype)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # (rows, C, width) -> (rows, K, C, vocab), one head per codebook

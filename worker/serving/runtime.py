@@ -53,7 +53,7 @@ def init(settings: Settings, worker_id: str | None = None) -> Runtime:
         source = settings.model_source(model_ref)
         return load_engine(resolve_model(source, settings.data_dir), device=settings.device,
                            half_precision=settings.half_precision, cpu_threads=settings.torch_threads,
-                           max_tasks=settings.max_batch, quantize=settings.quantize,
+                           max_tasks=settings.max_batch, quantize=settings.quantize, kv_cache=settings.kv_cache,
                            cuda_graphs=settings.cuda_graphs)
 
     faults.configure(settings.fault_hold_dir or None)
