@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from . import report
+from .own_thread import on_own_thread
 from .quiet import Settler
 from .workload import Workload
 
@@ -197,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     settler = Settler(log, args.max_quiet_wait)
     with tempfile.TemporaryDirectory(prefix="segue-bench-") as tmp:
         data_dir = Path(tmp)
-        raw_result = raw.measure(args.model, work, repeats=args.repeats, batch=args.batch,
-                                 threads=configured_threads, timed=settler.measure, log=log)
+        raw_result = on_own_thread(lambda: raw.measure(args.model, work, repeats=args.repeats, batch=args.batch,
+                                                       threads=configured_threads, timed=settler.measure, log=log))
         (LOG_DIR / "baseline.log").write_bytes(b"")
         base = baseline_job.measure(args.model, work, jobs=args.batch, threads=raw_result["threads"],
                                     data_dir=data_dir, log_path=LOG_DIR / "baseline.log",

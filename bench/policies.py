@@ -45,6 +45,7 @@ from typing import Callable
 
 import torch
 
+from .own_thread import on_own_thread
 from .workload import CFG_COEF, SAMPLE_RATE, TOP_K, Workload
 
 TASKS = 48
@@ -295,7 +296,7 @@ def measure(model: Path, settler, log: Callable[[str], None]) -> dict:
     fp32 = MusicGenEngine(str(model), device="cpu")
     chosen = MusicGenEngine(str(model), device="cpu", quantize=CPU_DEFAULT)
     try:
-        result = step_figures(fp32, chosen, settler, log)
+        result = on_own_thread(lambda: step_figures(fp32, chosen, settler, log))
         fp32.close()
         result.update(poisson(chosen, settler, log))
         result.update(first_chunk_under_load(chosen, settler, log))

@@ -8,9 +8,22 @@ while there is work and sleeps on a condition otherwise, so a request that
 arrives mid-run is admitted at the next iteration. ``free_tasks`` says how
 many more guided tasks fit now, for taking just that many jobs.
 
-Only this thread touches the scheduler's state (steps, admission, the
-cache); ``submit`` only validates the request and appends it to the
+Only the stepping thread touches the scheduler's state (steps, admission,
+the cache); ``submit`` only validates the request and appends it to the
 scheduler's waiting deque under the loop's lock.
+
+**One stepping thread per process.** Every loop is stepped by the same
+thread (``_Stepper``), in turn when several models have work. On a CPU,
+torch's OpenMP runtime gives each thread that runs parallel operations a team
+of threads of its own; as soon as a second team exists (a second engine's
+loop, or the thread that loaded the model), libgomp counts more threads than
+cores and lets idle team threads sleep after every parallel region, and each
+of the step's hundreds of regions then waits for one to wake: a decoding
+step took 89-95 ms from a second thread against 48 ms with one team
+(musicgen-small's architecture, ``int8-rows``, 2 cores; measured). So one
+thread runs all the steps, and engines load their models and allocate their
+caches single-threaded (``single_threaded``): a parallel ``torch.zeros`` of
+the cache on the caller's thread was enough to start a second team.
 """
 
 from __future__ import annotations
@@ -18,6 +31,9 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
+from contextlib import contextmanager
+
+import torch
 
 from worker.engine.requests import GenerationRequest
 from worker.engine.scheduler import Scheduler, Task
@@ -25,16 +41,66 @@ from worker.engine.scheduler import Scheduler, Task
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def single_threaded():
+    """Torch work on this thread on one CPU thread (loading a model, allocating a cache), so that this
+    thread starts no OpenMP team: only the stepping thread should have one (see above)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Stepper:
+    """The process's one stepping thread: steps every registered loop that has work, in turn."""
+
+    _instance: _Stepper | None = None
+    _instance_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> _Stepper:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def __init__(self):
+        self.wake = threading.Condition()
+        self.loops: list[EngineLoop] = []
+        self.thread = threading.Thread(target=self._run, name="segue-engine", daemon=True)
+        self.thread.start()
+
+    def add(self, loop: EngineLoop) -> None:
+        with self.wake:
+            self.loops.append(loop)
+            self.wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not any(loop.has_work for loop in self.loops):
+                    self.wake.wait()
+                ready = [loop for loop in self.loops if loop.has_work]
+            for loop in ready:
+                if not loop.step_once():
+                    with self.wake:
+                        self.loops.remove(loop)
+
+
 class EngineLoop:
     def __init__(self, scheduler: Scheduler, name: str = "segue-engine"):
         self.scheduler = scheduler
+        self.name = name
         self._futures: dict[int, Future] = {}
-        self._wake = threading.Condition()
+        self._stepper = _Stepper.shared()
+        self._wake = self._stepper.wake  # one lock and condition for every loop and the stepping thread
         self._closing = False
+        self._closed = threading.Event()
         self._error: BaseException | None = None
         scheduler.on_retired = self._retired
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._stepper.add(self)
 
     def submit(self, request: GenerationRequest) -> Future:
         future: Future = Future()
@@ -65,11 +131,16 @@ class EngineLoop:
         return len(self.scheduler.active)
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish what was submitted, then stop the thread."""
+        """Finish what was submitted, then leave the stepping thread."""
         with self._wake:
             self._closing = True
-            self._wake.notify()
-        self._thread.join(timeout)
+            self._wake.notify_all()
+        self._closed.wait(timeout)
+
+    @property
+    def has_work(self) -> bool:
+        """Under the stepper's lock: something to step, or a close to carry out."""
+        return self._error is None and not self._closed.is_set() and (not self.scheduler.idle or self._closing)
 
     def _retired(self, task: Task) -> None:
         future = self._futures.pop(id(task), None)
@@ -80,20 +151,22 @@ class EngineLoop:
         else:
             future.set_result(task.outcome)
 
-    def _run(self) -> None:
+    def step_once(self) -> bool:
+        """One scheduler iteration, on the stepping thread; False once this loop is done (closed or broken)."""
+        with self._wake:
+            if self.scheduler.idle and self._closing:
+                self._closed.set()
+                return False
         try:
-            while True:
-                with self._wake:
-                    while self.scheduler.idle and not self._closing:
-                        self._wake.wait()
-                    if self.scheduler.idle and self._closing:
-                        return
-                self.scheduler.step()
-        except BaseException as exc:  # noqa: BLE001 - a broken engine fails everything it holds
-            log.exception("engine loop stopped")
+            self.scheduler.step()
+            return True
+        except BaseException as exc:  # noqa: BLE001 - a broken engine fails everything it holds, not the others
+            log.exception("engine loop %s stopped", self.name)
             with self._wake:
                 self._error = exc
                 futures, self._futures = list(self._futures.values()), {}
             for future in futures:
                 if not future.done():
                     future.set_exception(RuntimeError(f"the engine loop stopped: {exc!r}"))
+            self._closed.set()
+            return False

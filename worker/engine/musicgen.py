@@ -54,7 +54,7 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from worker.device import pick_device
-from worker.engine.loop import EngineLoop
+from worker.engine.loop import EngineLoop, single_threaded
 from worker.engine.quantize import kv_dtype, quantize_decoder, resolve
 from worker.engine.requests import GenerationRequest, GenerationResult, OnStep, Plan
 from worker.engine.scheduler import Scheduler
@@ -91,6 +91,15 @@ class MusicGenEngine:
     def __init__(self, model_ref: str, device: str = "auto", half_precision: bool = True,
                  cpu_threads: int = 0, *, max_tasks: int = 8, quantize: str = "", cuda_graphs: bool = True,
                  kv_cache: str = "auto"):
+        # Loaded on one CPU thread: the loading thread then keeps no OpenMP team of its own, which would halve
+        # the speed of the steps run on the engine's stepping thread (worker.engine.loop).
+        self._machine_threads = torch.get_num_threads()
+        with single_threaded():
+            self._load(model_ref, device, half_precision, cpu_threads, max_tasks=max_tasks, quantize=quantize,
+                       cuda_graphs=cuda_graphs, kv_cache=kv_cache)
+
+    def _load(self, model_ref: str, device: str, half_precision: bool, cpu_threads: int, *, max_tasks: int,
+              quantize: str, cuda_graphs: bool, kv_cache: str) -> None:
         self.model_ref = model_ref
         torch_device, dtype = pick_device(device, half_precision)
         self._torch_device = torch_device
@@ -134,9 +143,10 @@ class MusicGenEngine:
     def _default_cpu_threads(self) -> int:
         # A tiny model's per-step ops are so small that a second CPU thread
         # costs more in synchronisation than it gains (measured ~2x slower on
-        # 2 cores); real checkpoints use torch's default.
-        if self._torch_device.type == "cpu" and self.num_parameters < TINY_MODEL_PARAMETERS:
-            return 1
+        # 2 cores); real checkpoints use torch's default, as it was when the engine was made (the
+        # stepping thread sets it at every step: it may run several engines).
+        if self._torch_device.type == "cpu":
+            return 1 if self.num_parameters < TINY_MODEL_PARAMETERS else self._machine_threads
         return 0
 
     @property
@@ -159,9 +169,10 @@ class MusicGenEngine:
             if self.model is None or self._closing:
                 raise RuntimeError(f"engine for {self.model_ref} is closed")
             if self._loop is None:
-                scheduler = Scheduler(self, max_rows=2 * self.max_tasks, max_seconds=CACHE_SECONDS,
-                                      max_text=MAX_TEXT_TOKENS,
-                                      decoder=self.decoder, cuda_graphs=self.cuda_graphs)
+                with single_threaded():  # the cache's allocation must not start an OpenMP team here
+                    scheduler = Scheduler(self, max_rows=2 * self.max_tasks, max_seconds=CACHE_SECONDS,
+                                          max_text=MAX_TEXT_TOKENS,
+                                          decoder=self.decoder, cuda_graphs=self.cuda_graphs)
                 self._loop = EngineLoop(scheduler, name=f"segue-engine-{self.model_ref}"[:60])
             return self._loop
 
