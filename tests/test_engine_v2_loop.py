@@ -66,3 +66,41 @@ def test_invalid_input_fails_its_future_at_once_and_close_finishes_the_rest(engi
     assert good.done() and good.result().audio.shape == (1, 48000)
     with pytest.raises(RuntimeError, match="closed"):
         loop.submit(mixed_requests()[0])
+
+
+def test_every_loop_in_the_process_steps_on_one_thread_and_a_broken_one_stops_alone(engine):
+    """Two engines' loops share the stepping thread (one OpenMP team: worker.engine.loop); a loop whose
+    scheduler breaks fails its own tasks and leaves the other running."""
+    healthy = EngineLoop(Scheduler(engine, max_rows=4, max_seconds=4.0, max_text=32))
+    broken_scheduler = Scheduler(engine, max_rows=4, max_seconds=4.0, max_text=32)
+    broken = EngineLoop(broken_scheduler)
+    stepped_on: set[str] = set()
+    request, other = mixed_requests()[:2]
+    request.on_progress = lambda step, total: stepped_on.add(threading.current_thread().name)
+    other.on_progress = lambda step, total: stepped_on.add(threading.current_thread().name)
+
+    def explode():
+        raise RuntimeError("the cache is gone")
+
+    broken_scheduler._decode = explode
+    doomed = broken.submit(other)
+    done = healthy.submit(request)
+    with pytest.raises(RuntimeError, match="the engine loop stopped"):
+        doomed.result(timeout=120)
+    assert done.result(timeout=120).audio.shape[1] > 0
+    assert stepped_on == {"segue-engine"}  # both loops' callbacks ran on the one stepping thread
+    with pytest.raises(RuntimeError, match="stopped"):
+        broken.submit(mixed_requests()[0])
+    healthy.close(timeout=60)
+    broken.close(timeout=5)
+
+
+def test_single_threaded_restores_the_thread_count():
+    import torch
+
+    from worker.engine.loop import single_threaded
+
+    before = torch.get_num_threads()
+    with single_threaded():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
