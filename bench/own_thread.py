@@ -2,7 +2,7 @@
 
 torch's OpenMP runtime gives every thread that runs parallel operations a team
 of its own, and a process with two teams runs each at about half speed on 2
-cores (``worker.engine.loop``). An engine steps on the process's stepping
+cores (``worker.engine.threads``). An engine steps on the process's stepping
 thread, so in-process measurements that run torch themselves (raw
 ``generate``, decoding steps) run here: their team goes away when the thread
 ends, before the engines step.

@@ -98,7 +98,7 @@ def test_every_loop_in_the_process_steps_on_one_thread_and_a_broken_one_stops_al
 def test_single_threaded_restores_the_thread_count():
     import torch
 
-    from worker.engine.loop import single_threaded
+    from worker.engine.threads import single_threaded
 
     before = torch.get_num_threads()
     with single_threaded():

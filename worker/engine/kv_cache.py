@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from worker.engine.threads import single_threaded
+
 
 class KVCache:
     def __init__(self, *, layers: int, rows: int, heads: int, head_dim: int, max_positions: int,
@@ -34,11 +36,14 @@ class KVCache:
         self.scratch = max_positions - 1
         self.max_text = max_text
         shape = (layers, rows, heads, max_positions, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
         cross = (layers, rows, heads, max_text, head_dim)
-        self.cross_keys = torch.zeros(cross, dtype=dtype, device=device)
-        self.cross_values = torch.zeros(cross, dtype=dtype, device=device)
+        # Zeroed on one CPU thread: a parallel fill would start an OpenMP team on the caller's thread
+        # (worker.engine.threads).
+        with single_threaded():
+            self.keys = torch.zeros(shape, dtype=dtype, device=device)
+            self.values = torch.zeros(shape, dtype=dtype, device=device)
+            self.cross_keys = torch.zeros(cross, dtype=dtype, device=device)
+            self.cross_values = torch.zeros(cross, dtype=dtype, device=device)
         # Additive: 0 where a row attends, the dtype's minimum elsewhere. Not -inf: a row with no text at
         # all (the unconditional half of guidance) then attends uniformly to zero values and gets zero,
         # as transformers computes it, instead of NaN.

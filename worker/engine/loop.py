@@ -13,17 +13,9 @@ the cache); ``submit`` only validates the request and appends it to the
 scheduler's waiting deque under the loop's lock.
 
 **One stepping thread per process.** Every loop is stepped by the same
-thread (``_Stepper``), in turn when several models have work. On a CPU,
-torch's OpenMP runtime gives each thread that runs parallel operations a team
-of threads of its own; as soon as a second team exists (a second engine's
-loop, or the thread that loaded the model), libgomp counts more threads than
-cores and lets idle team threads sleep after every parallel region, and each
-of the step's hundreds of regions then waits for one to wake: a decoding
-step took 89-95 ms from a second thread against 48 ms with one team
-(musicgen-small's architecture, ``int8-rows``, 2 cores; measured). So one
-thread runs all the steps, and engines load their models and allocate their
-caches single-threaded (``single_threaded``): a parallel ``torch.zeros`` of
-the cache on the caller's thread was enough to start a second team.
+thread (``_Stepper``), in turn when several models have work: a second
+thread running torch would start a second OpenMP team and halve both
+teams' speed on a small CPU (``worker.engine.threads``).
 """
 
 from __future__ import annotations
@@ -31,26 +23,11 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
-from contextlib import contextmanager
-
-import torch
 
 from worker.engine.requests import GenerationRequest
 from worker.engine.scheduler import Scheduler, Task
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def single_threaded():
-    """Torch work on this thread on one CPU thread (loading a model, allocating a cache), so that this
-    thread starts no OpenMP team: only the stepping thread should have one (see above)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _Stepper:

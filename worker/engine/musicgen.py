@@ -54,7 +54,8 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from worker.device import pick_device
-from worker.engine.loop import EngineLoop, single_threaded
+from worker.engine.loop import EngineLoop
+from worker.engine.threads import single_threaded
 from worker.engine.quantize import kv_dtype, quantize_decoder, resolve
 from worker.engine.requests import GenerationRequest, GenerationResult, OnStep, Plan
 from worker.engine.scheduler import Scheduler
@@ -92,7 +93,7 @@ class MusicGenEngine:
                  cpu_threads: int = 0, *, max_tasks: int = 8, quantize: str = "", cuda_graphs: bool = True,
                  kv_cache: str = "auto"):
         # Loaded on one CPU thread: the loading thread then keeps no OpenMP team of its own, which would halve
-        # the speed of the steps run on the engine's stepping thread (worker.engine.loop).
+        # the speed of the steps run on the engine's stepping thread (worker.engine.threads).
         self._machine_threads = torch.get_num_threads()
         with single_threaded():
             self._load(model_ref, device, half_precision, cpu_threads, max_tasks=max_tasks, quantize=quantize,
@@ -169,10 +170,9 @@ class MusicGenEngine:
             if self.model is None or self._closing:
                 raise RuntimeError(f"engine for {self.model_ref} is closed")
             if self._loop is None:
-                with single_threaded():  # the cache's allocation must not start an OpenMP team here
-                    scheduler = Scheduler(self, max_rows=2 * self.max_tasks, max_seconds=CACHE_SECONDS,
-                                          max_text=MAX_TEXT_TOKENS,
-                                          decoder=self.decoder, cuda_graphs=self.cuda_graphs)
+                scheduler = Scheduler(self, max_rows=2 * self.max_tasks, max_seconds=CACHE_SECONDS,
+                                      max_text=MAX_TEXT_TOKENS,
+                                      decoder=self.decoder, cuda_graphs=self.cuda_graphs)
                 self._loop = EngineLoop(scheduler, name=f"segue-engine-{self.model_ref}"[:60])
             return self._loop
 
