@@ -73,7 +73,8 @@ def _loop(engine, *, static: bool, tasks: int = 8):
     from worker.engine.loop import EngineLoop
     from worker.engine.scheduler import Scheduler
 
-    scheduler = Scheduler(engine, max_rows=2 * tasks, max_seconds=Workload().prompt_seconds + LONG_NEW_SECONDS + 1,
+    longest = max(LONG_NEW_SECONDS, PROBE_NEW_SECONDS, LENGTHS[-1], STREAM_NEW_SECONDS)
+    scheduler = Scheduler(engine, max_rows=2 * tasks, max_seconds=Workload().prompt_seconds + longest + 1,
                           decoder=engine.decoder, admit_between_batches=static)
     return EngineLoop(scheduler)
 
@@ -226,12 +227,19 @@ def first_chunk_under_load(engine, settler, log: Callable[[str], None]) -> dict:
 
         longs = [loop.submit(_request(prompt, LONG_NEW_SECONDS, seed=100 + i, on_progress=on_progress,
                                       should_stop=stop.is_set)) for i in range(LONG_TASKS)]
-        running.wait()
+        while not running.wait(1.0):
+            for future in longs:
+                if future.done():  # one failed before it got going: say why
+                    future.result()
+                    raise RuntimeError("a long task ended before the probe was sent")
         first = threading.Event()
         submitted = time.perf_counter()
         probe = loop.submit(_request(prompt, PROBE_NEW_SECONDS, seed=1, on_audio=lambda chunk, offset: first.set(),
                                      should_stop=stop.is_set))
-        first.wait()
+        while not first.wait(1.0):
+            if probe.done():  # failed before its first chunk: say why instead of waiting for ever
+                probe.result()
+                raise RuntimeError("the probe ended before its first chunk")
         seconds = time.perf_counter() - submitted
         stop.set()  # the rest is not measured: every task leaves at its next step
         for future in longs + [probe]:
