@@ -55,10 +55,10 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from worker.device import pick_device
 from worker.engine.loop import EngineLoop
-from worker.engine.threads import single_threaded
 from worker.engine.quantize import kv_dtype, quantize_decoder, resolve
 from worker.engine.requests import GenerationRequest, GenerationResult, OnStep, Plan
 from worker.engine.scheduler import Scheduler
+from worker.engine.threads import single_threaded
 from worker.engine.windows import WINDOW_SECONDS
 
 log = logging.getLogger(__name__)

@@ -46,6 +46,7 @@ top-1 agreement).
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
 import torch
@@ -79,15 +80,21 @@ def kv_dtype(setting: str, device_type: str, quantized: bool, model_dtype: torch
     return KV_DTYPES[setting]
 
 
+def _int8_per_channel(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's weight in int8, symmetric, one float32 scale per output channel: (weights, scales)."""
+    weight = linear.weight.detach().float()
+    scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+    return torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
+
+
 class Int8Linear(torch.nn.Module):
     """``nn.Linear`` with int8 weights (symmetric, one scale per output channel), bfloat16 activations."""
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+        weight_int8, scales = _int8_per_channel(linear)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_int8", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("scales", scales.to(torch.bfloat16))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
@@ -104,8 +111,9 @@ class Int8Linear(torch.nn.Module):
 LEVELS = 127
 
 
+@functools.cache
 def onednn_int8_available() -> bool:
-    """Whether this torch has oneDNN's int8 linear (x86 builds do; ARM builds may not)."""
+    """Whether this torch has oneDNN's int8 linear (x86 builds do; ARM builds may not); probed once."""
     try:
         weight = torch.ones(2, 4, dtype=torch.int8)
         packed = torch.ops.onednn.qlinear_prepack(weight, None)
@@ -145,9 +153,7 @@ class RowScaledInt8Linear(torch.nn.Module):
         self.kernel = kernel or ("onednn" if onednn_int8_available() else "dynamic")
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         if self.kernel == "onednn":
-            weight = linear.weight.detach().float()
-            scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
-            weight_int8 = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+            weight_int8, scales = _int8_per_channel(linear)
             self.register_buffer("weight_int8", weight_int8)
             self.register_buffer("scales", scales)
             self.register_buffer("zero_points", torch.zeros(self.out_features, dtype=torch.long))
@@ -269,16 +275,14 @@ def step_weight_bytes(decoder: torch.nn.Module) -> int:
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     def size(module) -> int:
-        if isinstance(module, RowScaledInt8Linear):
-            if module.kernel == "onednn":
-                return module.weight_int8.numel() + module.scales.numel() * module.scales.element_size()
+        if isinstance(module, RowScaledInt8Linear) and module.kernel != "onednn":
             module = module.inner
         if isinstance(module, DynamicLinear):
             weight = module.weight()
             scales = weight.q_per_channel_scales().numel() if weight.qscheme() in (
                 torch.per_channel_affine, torch.per_channel_symmetric) else 1
             return weight.numel() + 4 * scales
-        if isinstance(module, Int8Linear):
+        if isinstance(module, (Int8Linear, RowScaledInt8Linear)):  # oneDNN's kernel holds plain int8 weights
             return module.weight_int8.numel() + module.scales.numel() * module.scales.element_size()
         return module.weight.numel() * module.weight.element_size()
 

@@ -83,10 +83,7 @@ class DecoderStep:
             hidden = inputs + self.position_table[positions].to(inputs.dtype)
         else:
             hidden = self._embed(inputs, positions[None].expand(inputs.shape[0], -1))
-        keys = torch.arange(end, device=device)
-        mask = torch.zeros((chunk, end), dtype=self.cache.dtype, device=device)
-        mask.masked_fill_(keys[None, :] > positions[:, None], self.cache.masked)  # causal
-        mask = mask[None, None]
+        mask = self._causal_mask(positions, end)[None, None]
 
         def attend_self(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float):
             self.cache.write(layer, rows, start, key, value)
@@ -148,17 +145,19 @@ class DecoderStep:
 
     def _static_attention(self, rows: slice, positions: torch.Tensor):
         """Self- and cross-attention over the whole cache and text width, masked (fixed shapes)."""
-        window = self.cache.max_positions
-        keys = torch.arange(window, device=positions.device)
-        mask = torch.zeros((positions.shape[0], window), dtype=self.cache.dtype, device=positions.device)
-        mask.masked_fill_(keys[None, :] > positions[:, None], self.cache.masked)
-        mask = mask[:, None, None]
+        mask = self._causal_mask(positions, self.cache.max_positions)[:, None, None]
 
         def attend_self(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float):
             self.cache.write_at(layer, rows, positions, key, value)
             return self._attend(query, self.cache.keys[layer, rows], self.cache.values[layer, rows], mask, scale)
 
         return attend_self, self._cross_attention(rows, self.cache.max_text)
+
+    def _causal_mask(self, positions: torch.Tensor, length: int) -> torch.Tensor:
+        """Additive ``(len(positions), length)`` mask in the cache's dtype: each query attends up to its position."""
+        mask = torch.zeros((positions.shape[0], length), dtype=self.cache.dtype, device=positions.device)
+        keys = torch.arange(length, device=positions.device)
+        return mask.masked_fill_(keys[None, :] > positions[:, None], self.cache.masked)
 
     def _cross_attention(self, rows: slice, text: int):
         mask = self.cache.cross_mask[rows, None, None, :text]
