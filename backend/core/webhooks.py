@@ -92,6 +92,8 @@ MAX_RESPONSE_BYTES = 4096
 # Most entries one deliver_due call works through before returning, so a
 # delivery thread also gets to notice its stop event.
 MAX_PER_CALL = 100
+# Time allowed for recording an attempt's outcome (one MongoDB update, two Redis calls).
+RECORD_SECONDS = 5.0
 
 # Take the earliest due entry and push its score a lease ahead, atomically:
 # whoever gets the member back owns this attempt.
@@ -381,11 +383,23 @@ def deliver_one(services: Services, task_id: str, *, now: float) -> str | None:
     return outcome
 
 
-def deliver_due(services: Services, *, now: float | None = None) -> int:
-    """Attempt every delivery due at ``now``; returns how many attempts were made."""
+def attempt_seconds(settings) -> float:
+    """The longest one attempt can take: ``post_within``'s limit plus recording its outcome."""
+    return 2 * settings.webhook_timeout + 1 + RECORD_SECONDS
+
+
+def deliver_due(services: Services, *, now: float | None = None,
+                stop_event: threading.Event | None = None) -> int:
+    """Attempt every delivery due at ``now``; returns how many attempts were made.
+
+    Once ``stop_event`` is set no further entry is claimed: a stopping worker
+    only finishes the attempt it holds (see ``run_delivery_loop``).
+    """
     lease = 2 * services.settings.webhook_timeout + 30
     made = 0
     for _ in range(MAX_PER_CALL):
+        if stop_event is not None and stop_event.is_set():
+            break
         task_id = _claim(services, now, lease)
         if task_id is None:
             break
@@ -400,10 +414,15 @@ def deliver_due(services: Services, *, now: float | None = None) -> int:
 
 
 def run_delivery_loop(services: Services, stop_event: threading.Event, interval: float = 1.0) -> None:
-    """Body of a worker thread: deliver due webhooks until ``stop_event`` is set."""
+    """Body of a worker thread: deliver due webhooks until ``stop_event`` is set.
+
+    A stopping process must join this thread (for up to ``attempt_seconds``)
+    before it exits: an attempt cut off between the receiver's 2xx and the
+    record of it is sent again by another worker once its lease runs out.
+    """
     while not stop_event.is_set():
         try:
-            deliver_due(services)
+            deliver_due(services, stop_event=stop_event)
         except Exception as exc:  # Redis/Mongo blips must not end the thread
             log.warning("webhook delivery pass failed: %s", exc)
         stop_event.wait(interval)

@@ -491,3 +491,22 @@ def test_a_webhook_sender_killed_after_the_2xx_repeats_it_under_the_same_id(stac
     stack.check_every_task_done_once(task_ids, repeats_allowed=frozenset({held_task}))
     ids = [hook_id for task, hook_id in stack.posts() if task == held_task]
     assert len(ids) == 2 and ids[0] == ids[1] == webhooks.delivery_id(held_task)
+
+
+def test_a_stopped_worker_records_the_webhook_attempt_it_holds_before_it_exits(stack):
+    """SIGTERM while a POST's 2xx is not yet recorded: the worker waits for it, so the webhook goes once."""
+    worker = stack.start_worker("w1")
+    stack.wait_ready(1)
+    stack.arm("webhook-sent")
+    (task_id,) = stack.submit(1)
+    held_task, pid = stack.reached("webhook-sent")
+    assert (held_task, pid) == (task_id, worker.pid)
+    worker.send_signal(signal.SIGTERM)
+    # Its heartbeat goes once it has stopped taking work; the attempt it holds keeps the process alive.
+    wait_for(lambda: heartbeat.read_all(stack.services.redis) == [], timeout=60, interval=0.1,
+             message=f"the worker to stop\n{stack.worker_logs()}")
+    assert worker.poll() is None, stack.worker_logs()
+    stack.release("webhook-sent")
+    assert _wait_exit(worker, stack) == 0
+    (doc,) = stack.check_every_task_done_once([task_id])
+    assert doc["webhook_delivery"]["attempts"] == 1

@@ -175,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         worker.work(logging_level=settings.log_level, with_scheduler=False)
     finally:
         beat.stop()
+        # Let a webhook attempt in flight record its outcome: cut off after the
+        # receiver's 2xx, it would be sent a second time once its lease ran out.
+        webhook_sender.join(webhooks.attempt_seconds(settings))
+        if webhook_sender.is_alive():
+            log.warning("worker %s exits with a webhook attempt unfinished; another worker repeats it "
+                        "under the same webhook-id", rt.worker_id)
     return 0
 
 
