@@ -54,6 +54,7 @@ import torch
 from transformers import AutoProcessor, MusicgenForConditionalGeneration
 
 from worker.device import pick_device
+from worker.engine.codec import TiledDecoder
 from worker.engine.loop import EngineLoop
 from worker.engine.quantize import kv_dtype, quantize_decoder, resolve
 from worker.engine.requests import GenerationRequest, GenerationResult, OnStep, Plan
@@ -134,6 +135,9 @@ class MusicGenEngine:
         self.quantize = quantize  # as applied
         self.decoder = quantize_decoder(self.model.decoder, quantize, inplace=True) if quantize else self.model.decoder
         self.kv_dtype = kv_dtype(kv_cache, torch_device.type, bool(quantize), dtype)
+        # EnCodec decodes on CPUs run tiled (worker.engine.codec: the same audio up to float rounding, ~1.6x
+        # faster); GPUs keep transformers' decode, unmeasured there.
+        self.codec = TiledDecoder(self.model.audio_encoder) if torch_device.type == "cpu" else None
         self._lock = threading.Lock()
         self._loop: EngineLoop | None = None
         self._closing = False
@@ -280,6 +284,9 @@ class MusicGenEngine:
 
     def _decode(self, codes: torch.Tensor, scales: list) -> np.ndarray:
         channels = [codes] if self.channels == 1 else [codes[0::2], codes[1::2]]
+        if self.codec is not None and all(scale is None for scale in scales):
+            # One batch: a stereo result's two channels share each read of the LSTM's weights.
+            return self.codec.decode(torch.stack(channels))[:, 0].float().cpu().numpy()
         audio = [self.model.audio_encoder.decode(c[None, None], [s]).audio_values[0] for c, s in zip(channels, scales)]
         return torch.cat(audio).float().cpu().numpy()
 
