@@ -22,6 +22,7 @@ from worker.engine.quantize import (
     quantize_decoder,
     resolve,
 )
+from worker.engine import rowquant
 from worker.engine.kv_cache import KVCache
 from worker.engine.scheduler import Scheduler
 from worker.engine.step import DecoderStep
@@ -145,6 +146,22 @@ def test_onednn_rows_are_independent_at_every_row_count(shape):
         for count in (1, 2, 3, 5, 16, 17):
             assert torch.equal(rows(x[:count]), whole[:count]), count
             assert torch.equal(rows(x[5 : 5 + count]), whole[5 : 5 + count]), count
+
+
+def test_compiled_row_quantization_maps_each_row_onto_0_127_and_back():
+    """worker.engine.rowquant: the levels oneDNN multiplies, and the exact map back of their product."""
+    x = torch.tensor([[-2.0, 0.0, 1.0, 6.0], [3.0, 3.0, 3.0, 3.0], [0.5, -0.25, 0.125, 0.0]])
+    levels, lows, steps = rowquant.quantize_rows(x)
+    assert levels.dtype == torch.uint8
+    assert levels[0].tolist() == [0, 32, 48, 127] and levels[1].tolist() == [0, 0, 0, 0]  # 2/8 * 127 = 31.75
+    assert levels[2].min() == 0 and levels[2].max() == 127
+    np.testing.assert_array_equal(lows, [-2.0, 3.0, -0.25])
+    np.testing.assert_allclose(steps, [8 / 127, 1e-30 / 127, 0.75 / 127], rtol=1e-6)
+    dequantized = torch.from_numpy(lows[:, None] + steps[:, None] * levels.float().numpy())
+    assert (dequantized - x).abs().max() <= 0.5 * 8 / 127 + 1e-6
+    # map back: low * rowsum(W) + step * (W levels) + bias; with W the identity, the dequantized rows + bias
+    out = rowquant.map_back(levels.float(), lows, steps, np.ones(4, np.float32), np.full(4, 0.5, np.float32))
+    torch.testing.assert_close(out, dequantized + 0.5, rtol=0, atol=1e-6)
 
 
 def test_the_two_int8_rows_kernels_agree_and_a_copy_computes_the_same():

@@ -51,6 +51,8 @@ import warnings
 
 import torch
 
+from worker.engine import rowquant
+
 MODES = ("", "int8", "int8-weight-only", "int8-rows")
 # What ``auto`` means on a CPU (see ``resolve``).
 CPU_DEFAULT = "int8-rows"
@@ -106,11 +108,6 @@ class Int8Linear(torch.nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-# Activation levels per row: 7 bits (0..127), as torch's dynamic int8 uses on x86 (``reduce_range``): without
-# VNNI, x86's u8 x s8 multiply-add saturates 16-bit pair sums above 127 * 127 * 2.
-LEVELS = 127
-
-
 @functools.cache
 def onednn_int8_available() -> bool:
     """Whether this torch has oneDNN's int8 linear (x86 builds do; ARM builds may not); probed once."""
@@ -159,6 +156,9 @@ class RowScaledInt8Linear(torch.nn.Module):
             self.register_buffer("zero_points", torch.zeros(self.out_features, dtype=torch.long))
             self.register_buffer("row_sums", (weight_int8.float() * scales[:, None]).sum(dim=1))
             self.packed = torch.ops.onednn.qlinear_prepack(weight_int8, None)  # oneDNN's own layout
+            # The compiled map back (worker.engine.rowquant) always adds a bias: zeros where the layer has none.
+            self.register_buffer("map_bias", self.bias.clone() if self.bias is not None
+                                 else torch.zeros(self.out_features), persistent=False)
             return
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
@@ -188,18 +188,19 @@ class RowScaledInt8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
+        if self.kernel == "onednn":
+            # One compiled loop each side of the GEMM instead of ~12 torch ops (worker.engine.rowquant).
+            levels, lows, steps = rowquant.quantize_rows(flat.float())
+            product = _onednn_linear(levels, self.packed, self.scales, self.zero_points)
+            out = rowquant.map_back(product, lows, steps, self.row_sums.numpy(), self.map_bias.numpy())
+            return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
         low, high = torch.aminmax(flat, dim=1, keepdim=True)
         span = (high - low).clamp_min_(1e-30)
         # No clamp needed: x - low >= 0 exactly, and (x - low) <= (high - low) = span after rounding
         # (rounding is monotonic), so every unit value lies in [0, 1].
-        if self.kernel == "onednn":
-            levels = (flat - low).mul_(LEVELS / span).round_().to(torch.uint8)
-            product = _onednn_linear(levels, self.packed, self.scales, self.zero_points)
-            out = torch.addcmul(low * self.row_sums, product, span / LEVELS)
-        else:
-            unit = (flat - low).div_(span)
-            product = self.inner(torch.cat([unit, self.anchor]))[:-1]
-            out = torch.addcmul(low * self.row_sums, product, span)
+        unit = (flat - low).div_(span)
+        product = self.inner(torch.cat([unit, self.anchor]))[:-1]
+        out = torch.addcmul(low * self.row_sums, product, span)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
@@ -247,6 +248,8 @@ def quantize_decoder(decoder: torch.nn.Module, mode: str, *, inplace: bool = Fal
             return quantize_dynamic(target, {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
                                     dtype=torch.qint8, inplace=True)
     layer = RowScaledInt8Linear if mode == "int8-rows" else Int8Linear
+    if mode == "int8-rows":
+        rowquant.warm_up()
     for module in list(target.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
