@@ -164,6 +164,65 @@ def test_compiled_row_quantization_maps_each_row_onto_0_127_and_back():
     torch.testing.assert_close(out, dequantized + 0.5, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_the_norm_and_the_residual_taken_into_a_layers_pass_change_nothing_that_matters(kernel):
+    """``normed`` (LayerNorm inside the quantizing pass) and ``plus`` (the residual added when mapping back)."""
+    torch.manual_seed(4)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    rows = RowScaledInt8Linear(linear, kernel)
+    norm = torch.nn.LayerNorm(64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(5, 1, 64) * torch.logspace(-2, 1, 5)[:, None, None] + 3.0
+    residual = torch.randn(5, 1, 48)
+    with torch.inference_mode():
+        # the residual: exactly `residual + layer(x)` (float addition commutes)
+        assert torch.equal(rows.plus(x, residual), residual + rows(x))
+        # the norm: torch's LayerNorm rounds in another order, so a level may move by one now and then
+        fused, separate, exact = rows.normed(x, norm), rows(norm(x)), linear(norm(x))
+        assert fused.shape == separate.shape == (5, 1, 48)
+        assert ((fused - separate).norm(dim=-1) / exact.norm(dim=-1)).max() < 0.02
+        assert ((fused - exact).norm(dim=-1) / exact.norm(dim=-1)).max() < 0.05
+        for row in range(5):  # each row from itself alone
+            assert torch.equal(rows.normed(x[row:row + 1], norm), fused[row:row + 1])
+            assert torch.equal(rows.plus(x[row:row + 1], residual[row:row + 1]), rows.plus(x, residual)[row:row + 1])
+        # a norm the pass cannot take in is applied as it is
+        identity = torch.nn.Identity()
+        assert torch.equal(rows.normed(x, identity), rows(x))
+
+
+def test_the_decoder_step_gives_the_same_logits_with_the_passes_fused_as_apart(tiny_model):
+    """DecoderStep takes norms and residuals into int8-rows layers: the step's logits stay what the
+    layers give one by one (within the norm's rounding), alone and batched alike."""
+    from transformers import MusicgenForConditionalGeneration
+
+    from worker.engine import step as step_module
+
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_model).eval()
+    decoder = quantize_decoder(model.decoder, "int8-rows")
+    ids = torch.randint(0, model.decoder.config.vocab_size, (2, model.decoder.config.num_codebooks, 6),
+                        generator=torch.Generator().manual_seed(9))
+
+    def logits_of(norm_then, plus):
+        saved = step_module._norm_then, step_module._plus
+        step_module._norm_then, step_module._plus = norm_then, plus
+        try:
+            cache = make_cache(model, rows=2)
+            step = DecoderStep(decoder, cache, text_projection(model))
+            with torch.inference_mode():
+                step.set_text(slice(0, 2), torch.zeros(3, model.text_encoder.config.hidden_size), guided=True)
+                return step.prefill(slice(0, 2), ids, 0)
+        finally:
+            step_module._norm_then, step_module._plus = saved
+
+    fused = logits_of(step_module._norm_then, step_module._plus)
+    apart = logits_of(lambda norm, linear, hidden: linear(norm(hidden)),
+                      lambda linear, x, residual: residual + linear(x))
+    assert fused.shape == apart.shape
+    assert drift(apart, fused)["top1_agreement"] >= 0.95
+
+
 def test_the_two_int8_rows_kernels_agree_and_a_copy_computes_the_same():
     """oneDNN (x86) and torch's dynamic kernel (the fallback elsewhere) quantize the same way."""
     import copy

@@ -176,24 +176,64 @@ class RowScaledInt8Linear(torch.nn.Module):
         self.register_buffer("anchor", anchor)
 
     def __deepcopy__(self, memo):
-        # oneDNN's packed weight is an opaque tensor that cannot be copied: copy the rest, pack again.
+        # oneDNN's packed weight is an opaque tensor that cannot be copied: copy the rest, pack again (and
+        # let the copy make its own numpy views of its own buffers).
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
         for name, value in self.__dict__.items():
-            if name != "packed":
+            if name not in ("packed", "_host", "_norm"):
                 clone.__dict__[name] = copy.deepcopy(value, memo)
         if "packed" in self.__dict__:
             clone.packed = torch.ops.onednn.qlinear_prepack(clone.weight_int8, None)
         return clone
+
+    def _host_arrays(self) -> tuple:
+        """``row_sums`` and ``map_bias`` as numpy arrays sharing their memory, made again if a buffer was
+        replaced (``.to()``, a copy)."""
+        row_sums, bias = self.row_sums, self.map_bias
+        cached = self.__dict__.get("_host")
+        if cached is None or cached[0] is not row_sums or cached[1] is not bias:
+            cached = self.__dict__["_host"] = (row_sums, bias, row_sums.numpy(), bias.numpy())
+        return cached[2], cached[3]
+
+    def _norm_arrays(self, norm: torch.nn.Module) -> tuple | None:
+        """A LayerNorm over this layer's input as (weight, bias, eps) numpy views; None for any other norm."""
+        if not (isinstance(norm, torch.nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None
+                and tuple(norm.normalized_shape) == (self.in_features,) and norm.weight.dtype == torch.float32):
+            return None
+        weight, bias = norm.weight, norm.bias
+        cached = self.__dict__.get("_norm")
+        if cached is None or cached[0] is not weight or cached[1] is not bias:
+            cached = self.__dict__["_norm"] = (weight, bias, weight.detach().numpy(), bias.detach().numpy())
+        return cached[2], cached[3], norm.eps
+
+    def _run(self, levels, lows, steps, residual: torch.Tensor | None) -> torch.Tensor:
+        product = _onednn_linear(levels, self.packed, self.scales, self.zero_points)
+        if residual is not None:
+            residual = residual.reshape(-1, self.out_features)
+        return rowquant.map_back(product, lows, steps, *self._host_arrays(), residual)
+
+    def normed(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+        """``self(norm(x))``, the LayerNorm computed inside the quantizing pass (oneDNN kernel, float32)."""
+        arrays = self._norm_arrays(norm) if self.kernel == "onednn" and x.dtype == torch.float32 else None
+        if arrays is None:
+            return self(norm(x))
+        levels, lows, steps = rowquant.quantize_normed_rows(x.reshape(-1, self.in_features), *arrays)
+        return self._run(levels, lows, steps, None).view(*x.shape[:-1], self.out_features)
+
+    def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)``, bit for bit, the sum made in the mapping-back pass (oneDNN kernel)."""
+        if self.kernel != "onednn" or x.dtype != torch.float32 or residual.dtype != torch.float32:
+            return residual + self(x)
+        levels, lows, steps = rowquant.quantize_rows(x.reshape(-1, self.in_features))
+        return self._run(levels, lows, steps, residual).view(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if self.kernel == "onednn":
             # One compiled loop each side of the GEMM instead of ~12 torch ops (worker.engine.rowquant).
             levels, lows, steps = rowquant.quantize_rows(flat.float())
-            product = _onednn_linear(levels, self.packed, self.scales, self.zero_points)
-            out = rowquant.map_back(product, lows, steps, self.row_sums.numpy(), self.map_bias.numpy())
-            return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+            return self._run(levels, lows, steps, None).to(x.dtype).view(*x.shape[:-1], self.out_features)
         low, high = torch.aminmax(flat, dim=1, keepdim=True)
         span = (high - low).clamp_min_(1e-30)
         # No clamp needed: x - low >= 0 exactly, and (x - low) <= (high - low) = span after rounding

@@ -27,55 +27,108 @@ LEVELS = 127
 _TINY_SPAN = np.float32(1e-30)  # a constant row maps onto level 0 without dividing by zero
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _quantize_row(x, levels):  # pragma: no cover - compiled by numba
+    """One row onto the levels 0..127 by its own minimum and span; returns (minimum, level step)."""
+    low = x[0]
+    high = x[0]
+    for j in range(1, x.shape[0]):
+        low = min(low, x[j])
+        high = max(high, x[j])
+    span = max(np.float32(high - low), _TINY_SPAN)
+    factor = np.float32(np.float32(LEVELS) / span)
+    # x - low is in [0, span] exactly and rounding is monotonic, so every level lies in 0..127.
+    for j in range(x.shape[0]):
+        levels[j] = np.uint8(np.rint(np.float32(np.float32(x[j] - low) * factor)))
+    return low, np.float32(span / np.float32(LEVELS))
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _quantize(x, levels, lows, steps):  # pragma: no cover - compiled by numba
+def _quantized(x):  # pragma: no cover - compiled by numba
     rows, cols = x.shape
-    for i in range(rows):
-        low = x[i, 0]
-        high = x[i, 0]
-        for j in range(1, cols):
-            value = x[i, j]
-            low = min(low, value)
-            high = max(high, value)
-        span = max(np.float32(high - low), _TINY_SPAN)
-        factor = np.float32(np.float32(LEVELS) / span)
-        # x - low is in [0, span] exactly and rounding is monotonic, so every level lies in 0..127.
-        for j in range(cols):
-            levels[i, j] = np.uint8(np.rint(np.float32(np.float32(x[i, j] - low) * factor)))
-        lows[i] = low
-        steps[i] = np.float32(span / np.float32(LEVELS))
-
-
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def _map_back(product, lows, steps, row_sums, bias, out):  # pragma: no cover - compiled by numba
-    # W x = span/127 * (W levels) + low * (W 1), plus the bias.
-    rows, cols = product.shape
-    for i in range(rows):
-        low = lows[i]
-        step = steps[i]
-        for j in range(cols):
-            out[i, j] = np.float32(np.float32(low * row_sums[j]) + np.float32(product[i, j] * step)) + bias[j]
-
-
-def quantize_rows(flat: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """``flat`` float32 (rows, features) -> uint8 levels (a tensor), each row's minimum and level step."""
-    rows, cols = flat.shape
-    levels = torch.empty(rows, cols, dtype=torch.uint8)
+    levels = np.empty((rows, cols), dtype=np.uint8)
     lows = np.empty(rows, dtype=np.float32)
     steps = np.empty(rows, dtype=np.float32)
-    _quantize(flat.numpy(), levels.numpy(), lows, steps)
+    for i in range(rows):
+        lows[i], steps[i] = _quantize_row(x[i], levels[i])
     return levels, lows, steps
 
 
-def map_back(product: torch.Tensor, lows: np.ndarray, steps: np.ndarray, row_sums: np.ndarray,
-             bias: np.ndarray) -> torch.Tensor:
-    """The layer's float output from the int8 product of ``quantize_rows``' levels (all float32 arrays)."""
-    out = torch.empty_like(product)
-    _map_back(product.numpy(), lows, steps, row_sums, bias, out.numpy())
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _quantized_normed(x, weight, bias, eps):  # pragma: no cover - compiled by numba
+    """``_quantized`` of ``LayerNorm(x)``: the row's moments in float64, its normalized values in float32."""
+    rows, cols = x.shape
+    levels = np.empty((rows, cols), dtype=np.uint8)
+    lows = np.empty(rows, dtype=np.float32)
+    steps = np.empty(rows, dtype=np.float32)
+    normed = np.empty(cols, dtype=np.float32)
+    for i in range(rows):
+        mean = 0.0
+        for j in range(cols):
+            mean += x[i, j]
+        mean /= cols
+        variance = 0.0
+        for j in range(cols):
+            deviation = x[i, j] - mean
+            variance += deviation * deviation
+        scale = 1.0 / np.sqrt(variance / cols + eps)
+        for j in range(cols):
+            normed[j] = np.float32(np.float32((x[i, j] - mean) * scale) * weight[j]) + bias[j]
+        lows[i], steps[i] = _quantize_row(normed, levels[i])
+    return levels, lows, steps
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _mapped_back(product, lows, steps, row_sums, bias):  # pragma: no cover - compiled by numba
+    # W x = span/127 * (W levels) + low * (W 1), plus the bias.
+    rows, cols = product.shape
+    out = np.empty_like(product)
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = np.float32(np.float32(lows[i] * row_sums[j]) + np.float32(product[i, j] * steps[i])) + bias[j]
     return out
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _mapped_back_plus(product, lows, steps, row_sums, bias, residual):  # pragma: no cover - compiled by numba
+    # As _mapped_back, then + residual: float addition commutes, so this is bit for bit `residual + layer(x)`.
+    rows, cols = product.shape
+    out = np.empty_like(product)
+    for i in range(rows):
+        for j in range(cols):
+            mapped = np.float32(np.float32(lows[i] * row_sums[j]) + np.float32(product[i, j] * steps[i])) + bias[j]
+            out[i, j] = mapped + residual[i, j]
+    return out
+
+
+# Arrays are allocated inside the compiled code and handed to torch without a copy: every torch call
+# saved counts here (each costs about a microsecond, and a step makes hundreds of these calls).
+def quantize_rows(flat: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """``flat`` float32 (rows, features) -> uint8 levels (a tensor), each row's minimum and level step."""
+    levels, lows, steps = _quantized(flat.numpy())
+    return torch.from_numpy(levels), lows, steps
+
+
+def quantize_normed_rows(flat: torch.Tensor, weight: np.ndarray, bias: np.ndarray,
+                         eps: float) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """``quantize_rows(layer_norm(flat, weight, bias, eps))`` in one pass."""
+    levels, lows, steps = _quantized_normed(flat.numpy(), weight, bias, eps)
+    return torch.from_numpy(levels), lows, steps
+
+
+def map_back(product: torch.Tensor, lows: np.ndarray, steps: np.ndarray, row_sums: np.ndarray,
+             bias: np.ndarray, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The layer's float output from the int8 product of the quantized levels (all float32 arrays), plus
+    ``residual`` (rows, out features) when given."""
+    if residual is None:
+        return torch.from_numpy(_mapped_back(product.numpy(), lows, steps, row_sums, bias))
+    return torch.from_numpy(_mapped_back_plus(product.numpy(), lows, steps, row_sums, bias, residual.numpy()))
+
+
 def warm_up() -> None:
-    """Compile (or load from numba's cache) both loops now, not inside a task's first step."""
-    levels, lows, steps = quantize_rows(torch.zeros(1, 2))
-    map_back(torch.zeros(1, 2), lows, steps, np.zeros(2, np.float32), np.zeros(2, np.float32))
+    """Compile (or load from numba's cache) every loop now, not inside a task's first step."""
+    ones = np.ones(2, np.float32)
+    quantize_rows(torch.zeros(1, 2))
+    levels, lows, steps = quantize_normed_rows(torch.zeros(1, 2), ones, ones, 1e-5)
+    map_back(torch.zeros(1, 2), lows, steps, ones, ones)
+    map_back(torch.zeros(1, 2), lows, steps, ones, ones, torch.zeros(1, 2))

@@ -191,26 +191,24 @@ class DecoderStep:
         and attends over the cache, ``attend_cross(layer, query, scale)`` over the text."""
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
-            x = layer.self_attn_layer_norm(hidden)
             if self.fused:  # one call for q, k and v (worker.engine.quantize.fuse_projections)
-                query, key, value = (self._split(p) for p in attention.qkv_proj(x).split(self.width, dim=-1))
+                qkv = _norm_then(layer.self_attn_layer_norm, attention.qkv_proj, hidden)
+                query, key, value = (self._split(p) for p in qkv.split(self.width, dim=-1))
             else:
+                x = layer.self_attn_layer_norm(hidden)
                 query, key, value = (self._split(attention.q_proj(x)), self._split(attention.k_proj(x)),
                                      self._split(attention.v_proj(x)))
             x = attend_self(index, query, key, value, attention.scaling)
-            hidden = hidden + attention.out_proj(self._merge(x))
+            hidden = _plus(attention.out_proj, self._merge(x), hidden)
 
-            if not self.cross_attention:
-                x = layer.final_layer_norm(hidden)
-                hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
-                continue
-            attention = layer.encoder_attn
-            x = layer.encoder_attn_layer_norm(hidden)
-            x = attend_cross(index, self._split(attention.q_proj(x)), attention.scaling)
-            hidden = hidden + attention.out_proj(self._merge(x))
+            if self.cross_attention:
+                attention = layer.encoder_attn
+                query = _norm_then(layer.encoder_attn_layer_norm, attention.q_proj, hidden)
+                x = attend_cross(index, self._split(query), attention.scaling)
+                hidden = _plus(attention.out_proj, self._merge(x), hidden)
 
-            x = layer.final_layer_norm(hidden)
-            hidden = hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+            x = layer.activation_fn(_norm_then(layer.final_layer_norm, layer.fc1, hidden))
+            hidden = _plus(layer.fc2, x, hidden)
         return self.body.layer_norm(hidden)
 
     def _attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
@@ -226,3 +224,15 @@ class DecoderStep:
             logits = self.decoder.fused_lm_head(hidden)
             return logits.view(*hidden.shape[:2], self.num_codebooks, -1).transpose(1, 2)
         return torch.stack([head(hidden) for head in self.decoder.lm_heads], dim=1)
+
+
+def _norm_then(norm: torch.nn.Module, linear: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``linear(norm(hidden))``, in one pass where the layer takes the norm in (int8-rows on oneDNN)."""
+    normed = getattr(linear, "normed", None)
+    return normed(hidden, norm) if normed is not None else linear(norm(hidden))
+
+
+def _plus(linear: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + linear(x)``, the sum made in the layer's own pass where it can (the same bits)."""
+    plus = getattr(linear, "plus", None)
+    return plus(x, residual) if plus is not None else residual + linear(x)
