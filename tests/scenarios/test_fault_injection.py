@@ -12,8 +12,10 @@ After every fault the same things must hold for every task submitted:
 - it ends ``completed`` (none stays ``queued`` or ``processing``, none
   ``failed``: no fault here spends a task's retries);
 - its end-of-task webhook was delivered exactly once (one POST, one
-  ``webhook-id``), except where a test makes the sender die after a 2xx on
-  purpose: then the repeat carries the same ``webhook-id``;
+  ``webhook-id``), except where a sender is killed (SIGKILL), on purpose
+  after a 2xx or at any instant: a 2xx it had not recorded yet is sent once
+  more, with the same ``webhook-id``. A stopped worker (SIGTERM) never
+  repeats one;
 - exactly one result file is stored for it.
 """
 
@@ -209,8 +211,8 @@ class Stack:
         ids_per_task = {task: {hook_id for t, hook_id in posts if t == task} for task in task_ids}
         for task_id in task_ids:
             assert len(ids_per_task[task_id]) == 1, ids_per_task[task_id]  # one webhook-id, always
-            if task_id not in repeats_allowed:
-                assert per_task[task_id] == 1, (task_id, posts)
+            # A repeat (same webhook-id) only where a sender may have died between a 2xx and its record.
+            assert per_task[task_id] == 1 or (task_id in repeats_allowed and per_task[task_id] == 2), (task_id, posts)
             assert self.results_stored(task_id) == 1, task_id
             assert self.services.store.get_task(task_id)["progress"] == 100.0
         ledger = self.services.redis.hgetall(taking.ledger_key(self.services.queue.name))
@@ -283,7 +285,10 @@ def test_a_worker_killed_or_stopped_at_any_instant_loses_nothing(shared_stack, p
     else:
         victim.wait(10)
         stack.release(point)
-    docs = stack.check_every_task_done_once(task_ids)
+    # A killed worker's webhook sender may have been between another task's 2xx and its record: that
+    # one webhook then goes once more, under the same webhook-id (at least once, docs/webhooks.md).
+    killed = frozenset(task_ids) if sig == signal.SIGKILL else frozenset()
+    docs = stack.check_every_task_done_once(task_ids, repeats_allowed=killed)
     held = next(d for d in docs if d["_id"] == held_task)
     if sig == signal.SIGKILL and point in ("preparing", "generating", "storing"):
         # Claimed by the killed worker: run again once by the survivor; the crash counts one attempt.
