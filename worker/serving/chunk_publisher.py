@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import redis
 
 from backend.core import chunks
+
+from . import side_calls
 
 log = logging.getLogger(__name__)
 LISTENING_CHECK_SECONDS = 0.5
@@ -22,20 +23,14 @@ class ChunkPublisher:
         self.task_id = task_id
         self.sample_rate = sample_rate
         self.seq = 0
-        self._listened = False
-        self._checked = float("-inf")
+        # Unsure (Redis away): stream rather than leave a listener in silence.
+        self._listened = side_calls.Polled(lambda: chunks.is_listened(connection, task_id), LISTENING_CHECK_SECONDS,
+                                           initial=False, on_error=True, what=f"who follows task {task_id}")
 
     def wanted(self) -> bool:
-        """Is anyone following the task now? (the engine decodes chunks only then; checked every 0.5 s)"""
-        now = time.monotonic()
-        if now - self._checked >= LISTENING_CHECK_SECONDS:
-            self._checked = now
-            try:
-                self._listened = chunks.is_listened(self.connection, self.task_id)
-            except redis.RedisError as exc:  # unsure: stream rather than leave a listener in silence
-                log.warning("could not check who follows task %s: %s", self.task_id, exc)
-                self._listened = True
-        return self._listened
+        """Is anyone following the task now? (the engine decodes chunks only then; asked every 0.5 s on the
+        side-call thread, never waited for)"""
+        return self._listened.value()
 
     def __call__(self, audio: np.ndarray, offset: int) -> None:
         interleaved = np.ascontiguousarray(audio.T, dtype="<f4")  # (samples, channels)

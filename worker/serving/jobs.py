@@ -29,7 +29,6 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
@@ -39,7 +38,7 @@ from backend.core.errors import SegueError, TaskFailure
 from backend.core.maintenance import queue_at_front, restart_from_zero
 from backend.core.tasks import CONTENT_TYPES
 
-from . import runtime
+from . import runtime, side_calls
 from ..pipeline import audio as audio_ops
 from ..pipeline import stages as pipeline
 from .chunk_publisher import ChunkPublisher
@@ -181,13 +180,13 @@ def engine_for(rt: runtime.Runtime, run: TaskRun) -> MusicGenEngine | None:
 def start(rt: runtime.Runtime, run: TaskRun, engine: MusicGenEngine) -> Future:
     """Hand the prepared request to the engine; the future completes when the task leaves it."""
     request = run.prepared.request
-    report = run.reporter.stage(PREPARED_AT, GENERATED_AT)
+    report = run.reporter.stage(PREPARED_AT, GENERATED_AT, in_background=True)
 
     def on_progress(step: int, total: int) -> None:
         run.batch_size = max(run.batch_size, engine.running_tasks)  # called on the engine's thread
         if step >= 1:
             faults.hold("generating", run.task_id)
-        report(step, total)
+        report(step, total)  # written to Redis on the side-call thread (worker.serving.side_calls)
 
     request.on_progress = on_progress
     request.should_stop = _stop_check(rt, run)
@@ -252,21 +251,14 @@ def _record_task(rt: runtime.Runtime, run: TaskRun, status: str, audio_seconds: 
 
 def _stop_check(rt: runtime.Runtime, run: TaskRun):
     """``should_stop`` for one task: True once the worker stops it (``run.stop``: its time limit) or its
-    client asked to cancel (checked at most every 0.25 s)."""
-    state = {"checked": 0.0, "requested": False}
+    client asked to cancel (asked every 0.25 s on the side-call thread, never waited for)."""
     task_id = run.task_id
+    requested = side_calls.Polled(lambda: cancellation.is_requested(rt.services.redis, task_id),
+                                  CANCEL_POLL_SECONDS, initial=False, on_error=None,
+                                  what=f"task {task_id} for a cancel request")
 
     def should_stop() -> bool:
-        if run.stop.is_set():
-            return True
-        now = time.monotonic()
-        if not state["requested"] and now - state["checked"] >= CANCEL_POLL_SECONDS:
-            state["checked"] = now
-            try:
-                state["requested"] = cancellation.is_requested(rt.services.redis, task_id)
-            except redis.RedisError as exc:  # a Redis blip must not fail the generation; ask again later
-                log.warning("could not check task %s for a cancel request: %s", task_id, exc)
-        return state["requested"]
+        return run.stop.is_set() or requested.value()
 
     return should_stop
 
