@@ -359,3 +359,26 @@ def test_client_builds_requests_with_the_servers_models():
     with pytest.raises(SegueInvalidRequest) as caught:
         SegueClient("http://127.0.0.1:9").generate("https://e.com/a", prompt_length=10, duration="4-5")
     assert caught.value.status == 400 and caught.value.code == "invalid_field" and "promptLength" in caught.value.message
+
+
+def test_a_task_id_with_a_leading_dash_is_an_argument_not_an_option(api, app, services, capsys):
+    """Ids made before the server stopped making them can begin with "-"; argparse read them as options."""
+    segue = SegueClient(api)
+    task_id = segue.continue_clip(wav_bytes(make_click_track(100, 3.0, sr=32000), 32000), prompt_duration=2,
+                                  duration=4)
+    dashed = "-" + task_id[1:]
+    doc = services.store.get_task(task_id)  # a real task's document, stored again under an old-style id
+    services.store.insert_task(dict(doc, _id=dashed, job_id=dashed))
+    assert run_cli("--server", api, "status", dashed) == 0
+    assert json.loads(capsys.readouterr().out)["task_id"] == dashed
+    assert cli._dashed_ids_as_values(["continue", "a.wav", "--parent", dashed]) == [
+        "continue", "a.wav", f"--parent={dashed}"]
+    assert cli._dashed_ids_as_values(["status", "-h"]) == ["status", "-h"]  # help stays help
+
+
+def test_new_task_ids_never_begin_with_a_dash():
+    from backend.core.ids import looks_like_task_id, new_task_id
+
+    ids = [new_task_id() for _ in range(5000)]  # ~78 would begin with "-" at 1 in 64
+    assert all(looks_like_task_id(i) and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -151,8 +152,28 @@ def _delegated_convert(argv: list[str]) -> list[str] | None:
     return None
 
 
+# A task id (or API key) with a leading "-", from before the server stopped making such ids: argparse would
+# take it for an option. Single dash, then at least 15 id characters: no option of this CLI looks like that.
+_DASHED_ID = re.compile(r"^-[A-Za-z0-9_][A-Za-z0-9_-]{14,62}$")
+_OPTIONS_TAKING_IDS = ("--parent", "--api-key")
+
+
+def _dashed_ids_as_values(argv: list[str]) -> list[str]:
+    """``--parent -abc…`` becomes ``--parent=-abc…``; a positional ``-abc…`` (the last argument of
+    ``status`` and ``cancel``) gets a ``--`` before it."""
+    out: list[str] = []
+    for token in argv:
+        if not _DASHED_ID.match(token):
+            out.append(token)
+        elif out and out[-1] in _OPTIONS_TAKING_IDS:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.extend(["--", token])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _dashed_ids_as_values(list(sys.argv[1:] if argv is None else argv))
     rest = _delegated_convert(argv)
     if rest is not None:
         # Imported only here: conversion needs torch, every other command must not.
