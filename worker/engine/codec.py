@@ -82,8 +82,7 @@ def _plain(conv: nn.Module) -> nn.Module:
     kind = nn.ConvTranspose1d if isinstance(conv, nn.ConvTranspose1d) else nn.Conv1d
     plain = kind(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                 padding_mode=conv.padding_mode, device=conv.bias.device if conv.bias is not None else None,
-                 dtype=conv.bias.dtype if conv.bias is not None else None)
+                 padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         plain.weight.copy_(conv.weight)  # the parametrization's (or hook's) folded weight
         if conv.bias is not None:

@@ -91,13 +91,9 @@ def _mapped_back(product, lows, steps, row_sums, bias):  # pragma: no cover - co
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _mapped_back_plus(product, lows, steps, row_sums, bias, residual):  # pragma: no cover - compiled by numba
-    # As _mapped_back, then + residual: float addition commutes, so this is bit for bit `residual + layer(x)`.
-    rows, cols = product.shape
-    out = np.empty_like(product)
-    for i in range(rows):
-        for j in range(cols):
-            mapped = np.float32(np.float32(lows[i] * row_sums[j]) + np.float32(product[i, j] * steps[i])) + bias[j]
-            out[i, j] = mapped + residual[i, j]
+    # float32 addition commutes, so this is bit for bit `residual + layer(x)`.
+    out = _mapped_back(product, lows, steps, row_sums, bias)
+    out += residual
     return out
 
 
