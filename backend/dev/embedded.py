@@ -115,5 +115,22 @@ def start_mongo(data_dir: Path | None, port: int | None = None, *, stdout=None,
             "--storage-path", storage, "--log-level", "WARNING"]
     process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
                                start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    _wait_until(lambda: port_open(port), process, "secantusdb", timeout)
-    return EmbeddedServer("mongodb", process, port, f"mongodb://127.0.0.1:{port}/?directConnection=true")
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    # Ready when it answers a ping, not when its port opens: it listens before it serves, and on a loaded
+    # machine a client's first server selection (5 s in some tests) could run out in between.
+    _wait_until(lambda: port_open(port) and mongo_answers(url), process, "secantusdb", timeout)
+    return EmbeddedServer("mongodb", process, port, url)
+
+
+def mongo_answers(url: str) -> bool:
+    import pymongo
+    from pymongo.errors import PyMongoError
+
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000)
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
