@@ -50,6 +50,7 @@ class KVCache:
         self.masked = torch.finfo(dtype).min
         self.cross_mask = torch.full((rows, max_text), self.masked, dtype=dtype, device=device)
         self.text_lengths = [0] * rows
+        self._host_bits = None  # host_bits(), made once: the tensors are never reallocated
 
     @property
     def bytes(self) -> int:
@@ -68,6 +69,15 @@ class KVCache:
         index = torch.arange(*rows.indices(self.rows), device=positions.device)
         self.keys[layer, index, :, positions] = keys[:, :, 0].to(self.dtype)
         self.values[layer, index, :, positions] = values[:, :, 0].to(self.dtype)
+
+    def host_bits(self) -> tuple | None:
+        """The self-attention keys and values as numpy uint16 arrays sharing their memory (a bfloat16 cache
+        on the CPU; else None), for compiled code that writes them (``rowquant.map_back_into_cache``)."""
+        if self.dtype != torch.bfloat16 or self.keys.device.type != "cpu":
+            return None
+        if self._host_bits is None:
+            self._host_bits = (self.keys.view(torch.uint16).numpy(), self.values.view(torch.uint16).numpy())
+        return self._host_bits
 
     def set_cross(self, rows: slice, keys: list[torch.Tensor], values: list[torch.Tensor],
                   attends: list[bool]) -> None:

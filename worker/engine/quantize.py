@@ -221,10 +221,25 @@ class RowScaledInt8Linear(torch.nn.Module):
         levels, lows, steps = rowquant.quantize_normed_rows(x.reshape(-1, self.in_features), *arrays)
         return self._run(levels, lows, steps, None).view(*x.shape[:-1], self.out_features)
 
+    def normed_into_cache(self, x: torch.Tensor, norm: torch.nn.Module, keys, values, first: int,
+                          positions) -> torch.Tensor | None:
+        """For a fused q/k/v layer: ``self(norm(x))`` split in three and rounded to bfloat16, the keys and
+        values written into one layer's cache (``rowquant.map_back_into_cache``), the queries returned
+        ``(rows, width)``. None where this layer cannot (then the caller runs the plain path)."""
+        arrays = self._norm_arrays(norm) if self.kernel == "onednn" and x.dtype == torch.float32 else None
+        if arrays is None:
+            return None
+        levels, lows, steps = rowquant.quantize_normed_rows(x.reshape(-1, self.in_features), *arrays)
+        product = _onednn_linear(levels, self.packed, self.scales, self.zero_points)
+        return rowquant.map_back_into_cache(product, lows, steps, *self._host_arrays(), keys, values, first,
+                                            positions)
+
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``residual + self(x)``, bit for bit, the sum made in the mapping-back pass (oneDNN kernel)."""
-        if self.kernel != "onednn" or x.dtype != torch.float32 or residual.dtype != torch.float32:
-            return residual + self(x)
+        """``residual + self(x)``, bit for bit, the sum made in the mapping-back pass (oneDNN kernel); ``x``
+        may be bfloat16 (an attention output over a bfloat16 cache), read as ``x.float()`` would be."""
+        if (self.kernel != "onednn" or x.dtype not in (torch.float32, torch.bfloat16)
+                or residual.dtype != torch.float32):
+            return residual + self(x.to(residual.dtype))
         levels, lows, steps = rowquant.quantize_rows(x.reshape(-1, self.in_features))
         return self._run(levels, lows, steps, residual).view(*x.shape[:-1], self.out_features)
 

@@ -23,6 +23,7 @@ runs unchanged; when it carries fused ``qkv_proj`` and ``fused_lm_head``
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn.functional import scaled_dot_product_attention
 
@@ -99,12 +100,15 @@ class DecoderStep:
         ``(rows, K)``, ``positions`` ``(rows,)``, each row's own. Returns logits ``(rows, K, vocab)``
         for the position after.
 
-        Attention runs per run of neighbouring rows at the same position with the same text length
-        (a task's rows, or several tasks that happen to be level), over exactly the positions they
-        have: the same call, on the same shapes, as each would get alone, so a row's result never
-        depends on how far its neighbours have got (one masked call over the longest row's length
-        did: attention kernels sum differently over a longer, masked window, measured in bfloat16).
-        It also reads no more of the cache than the rows have filled.
+        Self-attention runs per run of neighbouring rows at the same position (a task's rows, or
+        several tasks that happen to be level), over exactly the positions they have: the same call,
+        on the same shapes, as each would get alone, so a row's result never depends on how far its
+        neighbours have got (one masked call over the longest row's length did: attention kernels sum
+        differently over a longer, masked window, measured in bfloat16). It also reads no more of the
+        cache than the rows have filled. Cross-attention runs per run of neighbouring rows with the
+        same text length, whatever their positions: its window is the text, and the kernel computes
+        each row and head alone whatever the batch (tested), so eight tasks with texts of one length
+        make one call per layer instead of eight.
 
         ``static``: one call for all rows over the cache's whole length and text width, masked: more
         work, but every shape is fixed by the row count and nothing is read back to the host, so the
@@ -112,34 +116,62 @@ class DecoderStep:
         hidden = self._embed(ids[:, :, None], positions[:, None])
         if static:
             return self._logits(self._layers(hidden, *self._static_attention(rows, positions)))[:, :, 0]
-        runs = self._runs(rows, positions.tolist())
+        first = rows.indices(self.cache.rows)[0]
+        levels = positions.tolist()
+        runs = self._runs(levels, first)
 
-        def attend_self(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float):
-            self.cache.write_at(layer, rows, positions, key, value)
-            outs = [self._attend(query[run], self.cache.keys[layer, span, :, :length],
-                                 self.cache.values[layer, span, :, :length], None, scale)
-                    for run, span, length, _ in runs]
+        def attend_self(layer: int, query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor | None,
+                        scale: float):
+            if key is not None:  # None: the layer wrote them into the cache itself (_qkv_into_cache)
+                self.cache.write_at(layer, rows, positions, key, value)
+            outs = [self._attend(query[run], self.cache.keys[layer, span, :, :position + 1],
+                                 self.cache.values[layer, span, :, :position + 1], None, scale)
+                    for run, span, position in runs]
             return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-        crosses = [(run, self._cross_attention(span, text)) for run, span, _, text in runs]
+        texts = self._runs(self.cache.text_lengths[first:first + len(levels)], first)
+        crosses = [(run, self._cross_attention(span, text)) for run, span, text in texts]
 
         def attend_cross(layer: int, query: torch.Tensor, scale: float):
             outs = [cross(layer, query[run], scale) for run, cross in crosses]
             return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-        return self._logits(self._layers(hidden, attend_self, attend_cross))[:, :, 0]
+        return self._logits(self._layers(hidden, attend_self, attend_cross,
+                                         self._qkv_into_cache(rows, positions)))[:, :, 0]
 
-    def _runs(self, rows: slice, positions: list[int]) -> list[tuple[slice, slice, int, int]]:
-        """Runs of neighbouring rows at one position with one text length: (rows within the batch, rows
-        of the cache, positions to attend over, text length)."""
+    def _qkv_into_cache(self, rows: slice, positions: torch.Tensor):
+        """Where the fused q/k/v layers can write their keys and values into a bfloat16 cache themselves
+        (``int8-rows`` on oneDNN, a CPU cache in bfloat16): ``project(index, layer, hidden)``, returning
+        the queries in bfloat16 ``(rows, 1, width)`` or None for a layer that cannot; else None.
+
+        One compiled pass per layer instead of the split, three casts and two scattered writes; the
+        same bits (``tests/test_engine_v2_quantize``). Measured here, the writes alone took ~2 ms of a
+        one-task step and ~5 ms of an eight-task one: each small operation costs several times its
+        arithmetic once the layer's weights have streamed through the caches."""
+        bits = self.cache.host_bits() if self.fused else None
+        if bits is None:
+            return None
+        keys, values = bits
         first = rows.indices(self.cache.rows)[0]
-        texts = self.cache.text_lengths
+        where = np.ascontiguousarray(positions.numpy(), dtype=np.int64)
+
+        def project(index: int, layer, hidden: torch.Tensor) -> torch.Tensor | None:
+            into_cache = getattr(layer.self_attn.qkv_proj, "normed_into_cache", None)
+            if into_cache is None:
+                return None
+            query = into_cache(hidden, layer.self_attn_layer_norm, keys[index], values[index], first, where)
+            return None if query is None else query.view(*hidden.shape[:-1], self.width)
+
+        return project
+
+    @staticmethod
+    def _runs(values: list[int], first: int) -> list[tuple[slice, slice, int]]:
+        """Runs of neighbouring rows with one value (a position, a text length): (rows within the batch,
+        rows of the cache, the value); ``values`` are the batch's rows', from cache row ``first`` on."""
         runs, begin = [], 0
-        for row in range(1, len(positions) + 1):
-            if (row == len(positions) or positions[row] != positions[begin]
-                    or texts[first + row] != texts[first + begin]):
-                runs.append((slice(begin, row), slice(first + begin, first + row), positions[begin] + 1,
-                             texts[first + begin]))
+        for row in range(1, len(values) + 1):
+            if row == len(values) or values[row] != values[begin]:
+                runs.append((slice(begin, row), slice(first + begin, first + row), values[begin]))
                 begin = row
         return runs
 
@@ -186,12 +218,16 @@ class DecoderStep:
     def _merge(self, x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.width)
 
-    def _layers(self, hidden: torch.Tensor, attend_self, attend_cross) -> torch.Tensor:
+    def _layers(self, hidden: torch.Tensor, attend_self, attend_cross, qkv_into_cache=None) -> torch.Tensor:
         """The decoder layers; ``attend_self(layer, query, key, value, scale)`` stores the new keys and values
-        and attends over the cache, ``attend_cross(layer, query, scale)`` over the text."""
+        (unless they are None: ``qkv_into_cache`` wrote them) and attends over the cache,
+        ``attend_cross(layer, query, scale)`` over the text."""
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
-            if self.fused:  # one call for q, k and v (worker.engine.quantize.fuse_projections)
+            query = None if qkv_into_cache is None else qkv_into_cache(index, layer, hidden)
+            if query is not None:
+                query, key, value = self._split(query), None, None
+            elif self.fused:  # one call for q, k and v (worker.engine.quantize.fuse_projections)
                 qkv = _norm_then(layer.self_attn_layer_norm, attention.qkv_proj, hidden)
                 query, key, value = (self._split(p) for p in qkv.split(self.width, dim=-1))
             else:
@@ -214,9 +250,9 @@ class DecoderStep:
     def _attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
                 scale: float) -> torch.Tensor:
         # In the cache's precision (bfloat16 on quantized CPU workers: half the bytes a step reads from the
-        # cache), back in the layer's. Each row and head is still computed on its own.
-        out = scaled_dot_product_attention(query.to(keys.dtype), keys, values, attn_mask=mask, scale=scale)
-        return out.to(query.dtype)
+        # cache), and left in it: the output projection takes it (_plus), int8-rows' without a cast. Each
+        # row and head is still computed on its own.
+        return scaled_dot_product_attention(query.to(keys.dtype), keys, values, attn_mask=mask, scale=scale)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # (rows, C, width) -> (rows, K, C, vocab), one head per codebook
@@ -233,6 +269,7 @@ def _norm_then(norm: torch.nn.Module, linear: torch.nn.Module, hidden: torch.Ten
 
 
 def _plus(linear: torch.nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """``residual + linear(x)``, the sum made in the layer's own pass where it can (the same bits)."""
+    """``residual + linear(x)``, the sum made in the layer's own pass where it can (the same bits); ``x``
+    (an attention output) may still be in the cache's precision: it is taken as ``x.to(residual.dtype)``."""
     plus = getattr(linear, "plus", None)
-    return plus(x, residual) if plus is not None else residual + linear(x)
+    return plus(x, residual) if plus is not None else residual + linear(x.to(residual.dtype))
