@@ -1,0 +1,129 @@
+"""OpenVINO as a candidate for the CPU decoding step (not a test): ``docs/cpu-engine.md``, fourth round.
+
+Builds the dense parts of a musicgen-small decoding step (24 layers: norms, q/k/v, output, cross
+query and output, the MLP, residuals; the four heads) as OpenVINO graphs with int8 weights, one scale
+per output channel, random values, and times them for 2 and 16 rows:
+
+- as one graph, attention left out (what a whole-step graph's dense parts cost);
+- as 49 graphs cut where attention goes (what a hybrid with torch's attention calls);
+- those 49 graphs with torch's attention over a bfloat16 cache of 550 positions between them, torch on
+  2 and on 1 thread (2 rows).
+
+    pip install openvino          # not one of Segue's dependencies
+    python -m bench.openvino_step --threads 2
+
+Prints one JSON line of wall ms (best of ``--repeats``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+WIDTH, FFN, LAYERS, HEADS_OUT, HEADS, HEAD_DIM, POSITIONS, TEXT = 1024, 4096, 24, 8192, 16, 64, 550, 20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=12)
+    args = parser.parse_args()
+    import openvino as ov
+    import openvino.opset13 as ops
+    import torch
+
+    rng = np.random.default_rng(0)
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+
+    def linear(x, out_features, in_features):
+        weight = rng.standard_normal((out_features, in_features), dtype=np.float32) * 0.02
+        scale = np.abs(weight).max(axis=1, keepdims=True) / 127
+        weight_int8 = np.round(weight / scale).astype(np.int8)  # the pattern OpenVINO runs as int8 weights
+        decompressed = ops.multiply(ops.convert(ops.constant(weight_int8), ov.Type.f32), ops.constant(scale))
+        return ops.matmul(x, decompressed, False, True)
+
+    def norm(x):
+        return ops.mvn(x, ops.constant(np.array([-1], np.int64)), True, 1e-5, "inside_sqrt")
+
+    def parameter(name):
+        return ops.parameter([-1, WIDTH], ov.Type.f32, name=name)
+
+    def mlp_then(x, next_out):  # residual MLP, then the next layer's q/k/v (or the heads)
+        x = ops.add(x, linear(ops.gelu(linear(norm(x), FFN, WIDTH), "erf"), WIDTH, FFN))
+        return x, linear(norm(x), next_out, WIDTH)
+
+    def compiled(outputs, inputs):
+        return core.compile_model(ov.Model(outputs, inputs), "CPU", config).create_infer_request()
+
+    def whole():
+        x = parameter("x")
+        hidden = x
+        for _ in range(LAYERS):
+            qkv = linear(norm(hidden), 3 * WIDTH, WIDTH)
+            attended = ops.slice(qkv, np.array([0]), np.array([WIDTH]), np.array([1]), np.array([1]))
+            hidden = ops.add(hidden, linear(attended, WIDTH, WIDTH))
+            hidden = ops.add(hidden, linear(linear(norm(hidden), WIDTH, WIDTH), WIDTH, WIDTH))
+            hidden = ops.add(hidden, linear(ops.gelu(linear(norm(hidden), FFN, WIDTH), "erf"), WIDTH, FFN))
+        return compiled([linear(norm(hidden), HEADS_OUT, WIDTH)], [x])
+
+    started = time.perf_counter()
+    one_graph = whole()
+    x = parameter("x")
+    first = compiled([linear(norm(x), 3 * WIDTH, WIDTH)], [x])
+    after_self, after_cross = [], []
+    for layer in range(LAYERS):
+        attended, x = parameter("attended"), parameter("x")
+        x2 = ops.add(x, linear(attended, WIDTH, WIDTH))
+        after_self.append(compiled([x2, linear(norm(x2), WIDTH, WIDTH)], [attended, x]))
+        attended, x = parameter("attended"), parameter("x")
+        x3 = ops.add(x, linear(attended, WIDTH, WIDTH))
+        after_cross.append(compiled(list(mlp_then(x3, HEADS_OUT if layer == LAYERS - 1 else 3 * WIDTH)),
+                                    [attended, x]))
+    compile_s = time.perf_counter() - started
+
+    cache = [[torch.randn(2, HEADS, length, HEAD_DIM).bfloat16() for _ in range(2)]
+             for length in (POSITIONS, TEXT) for _ in range(LAYERS)]
+
+    def attention(projected, layer, cross):
+        query = torch.from_numpy(np.ascontiguousarray(projected[:, :WIDTH])).view(2, 1, HEADS, HEAD_DIM)
+        keys, values = cache[LAYERS * cross + layer]
+        out = torch.nn.functional.scaled_dot_product_attention(query.transpose(1, 2).bfloat16(), keys, values)
+        return out.transpose(1, 2).reshape(2, WIDTH).float().numpy()
+
+    def split_step(rows, with_attention):
+        hidden = np.full((rows, WIDTH), 0.1, np.float32)
+        projected = first.infer([hidden])[0]
+        for layer in range(LAYERS):
+            attended = attention(projected, layer, 0) if with_attention else np.ascontiguousarray(projected[:, :WIDTH])
+            out = after_self[layer].infer([attended, hidden])
+            hidden, query = out[0], out[1]
+            attended = attention(query, layer, 1) if with_attention else query
+            out = after_cross[layer].infer([attended, hidden])
+            hidden, projected = out[0], out[1]
+
+    def best_ms(run):
+        run()
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        return round(1000 * min(times), 1)
+
+    result = {"compile_s": round(compile_s, 1), "threads": args.threads}
+    for rows in (2, 16):
+        hidden = np.full((rows, WIDTH), 0.1, np.float32)
+        result[f"one_graph_ms_{rows}"] = best_ms(lambda: one_graph.infer([hidden]))
+        result[f"split_49_graphs_ms_{rows}"] = best_ms(lambda: split_step(rows, False))
+    for torch_threads in (args.threads, 1):
+        torch.set_num_threads(torch_threads)
+        result[f"split_with_torch_attention_ms_2_torch_threads_{torch_threads}"] = best_ms(lambda: split_step(2, True))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
