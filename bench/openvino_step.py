@@ -2,7 +2,8 @@
 
 Builds the dense parts of a musicgen-small decoding step (24 layers: norms, q/k/v, output, cross
 query and output, the MLP, residuals; the four heads) as OpenVINO graphs with int8 weights, one scale
-per output channel, random values, and times them for 2 and 16 rows:
+per output channel (or ``--weights int4``: 4-bit, one scale per group of 128), random values, and times
+them for 2 and 16 rows:
 
 - as one graph, attention left out (what a whole-step graph's dense parts cost);
 - as 49 graphs cut where attention goes (what a hybrid with torch's attention calls);
@@ -30,6 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--whole-step", action="store_true",
+                        help="also time the whole step (attention too) as one graph, over float32 and float16 caches")
+    parser.add_argument("--weights", choices=["int8", "int4"], default="int8",
+                        help="int8: one scale per output channel; int4: asymmetric, one scale per group of 128")
     args = parser.parse_args()
     import openvino as ov
     import openvino.opset13 as ops
@@ -40,6 +45,18 @@ def main() -> None:
     config = {"INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
     def linear(x, out_features, in_features):
+        if args.weights == "int4":  # random packed nibbles: the values do not change the speed
+            groups = in_features // 128
+            nibbles = ov.Tensor(ov.Type.u4, ov.Shape([out_features, groups, 128]))
+            nibbles.data[:] = rng.integers(0, 256, nibbles.data.shape, dtype=np.uint8)
+            zero_points = ov.Tensor(ov.Type.u4, ov.Shape([out_features, groups, 1]))
+            zero_points.data[:] = 0x88
+            grouped = ops.multiply(
+                ops.subtract(ops.convert(ov.op.Constant(nibbles), ov.Type.f32),
+                             ops.convert(ov.op.Constant(zero_points), ov.Type.f32)),
+                ops.constant(rng.random((out_features, groups, 1), dtype=np.float32) * 0.003))
+            weight = ops.reshape(grouped, ops.constant(np.array([out_features, in_features], np.int64)), False)
+            return ops.matmul(x, weight, False, True)
         weight = rng.standard_normal((out_features, in_features), dtype=np.float32) * 0.02
         scale = np.abs(weight).max(axis=1, keepdims=True) / 127
         weight_int8 = np.round(weight / scale).astype(np.int8)  # the pattern OpenVINO runs as int8 weights
@@ -114,7 +131,49 @@ def main() -> None:
             times.append(time.perf_counter() - started)
         return round(1000 * min(times), 1)
 
-    result = {"compile_s": round(compile_s, 1), "threads": args.threads}
+    def whole_step(cache_type):
+        """The whole decoding step as one graph: attention too, over cache inputs of POSITIONS (self) and
+        TEXT (cross) positions per row, shared with numpy (no copy). What a whole-step design would cost;
+        new keys and values are not written back (a few kB)."""
+        hidden = parameter("x")
+        inputs, x = [hidden], hidden
+        shape = [-1, HEADS, -1, HEAD_DIM]
+
+        def heads(projected):  # (rows, width) -> (rows, heads, 1, head_dim)
+            split = ops.reshape(projected, ops.constant(np.array([0, 1, HEADS, HEAD_DIM], np.int64)), True)
+            return ops.transpose(split, ops.constant(np.array([0, 2, 1, 3], np.int64)))
+
+        def attend(query, name):
+            keys = ops.parameter(shape, cache_type, name=f"{name}_keys")
+            values = ops.parameter(shape, cache_type, name=f"{name}_values")
+            inputs.extend([keys, values])
+            if cache_type != ov.Type.f32:
+                keys, values = ops.convert(keys, ov.Type.f32), ops.convert(values, ov.Type.f32)
+            out = ops.scaled_dot_product_attention(heads(query), keys, values, scale=np.float32(HEAD_DIM ** -0.5))
+            merged = ops.transpose(out, ops.constant(np.array([0, 2, 1, 3], np.int64)))
+            return ops.reshape(merged, ops.constant(np.array([0, WIDTH], np.int64)), True)
+
+        for layer in range(LAYERS):
+            qkv = linear(norm(x), 3 * WIDTH, WIDTH)
+            query = ops.slice(qkv, np.array([0]), np.array([WIDTH]), np.array([1]), np.array([1]))
+            x = ops.add(x, linear(attend(query, f"self{layer}"), WIDTH, WIDTH))
+            x = ops.add(x, linear(attend(linear(norm(x), WIDTH, WIDTH), f"cross{layer}"), WIDTH, WIDTH))
+            x = ops.add(x, linear(ops.gelu(linear(norm(x), FFN, WIDTH), "erf"), WIDTH, FFN))
+        return compiled([linear(norm(x), HEADS_OUT, WIDTH)], inputs)
+
+    def whole_step_ms(request, rows, numpy_type):
+        feeds = [np.full((rows, WIDTH), 0.1, np.float32)]
+        for _ in range(LAYERS):
+            for length in (POSITIONS, TEXT):
+                feeds += [rng.standard_normal((rows, HEADS, length, HEAD_DIM)).astype(numpy_type) for _ in range(2)]
+        return best_ms(lambda: request.infer(feeds, share_inputs=True))
+
+    result = {"weights": args.weights, "compile_s": round(compile_s, 1), "threads": args.threads}
+    if args.whole_step:
+        for name, cache_type, numpy_type in (("f32", ov.Type.f32, np.float32), ("f16", ov.Type.f16, np.float16)):
+            request = whole_step(cache_type)
+            for rows in (2, 16):
+                result[f"whole_step_{name}_cache_ms_{rows}"] = whole_step_ms(request, rows, numpy_type)
     for rows in (2, 16):
         hidden = np.full((rows, WIDTH), 0.1, np.float32)
         result[f"one_graph_ms_{rows}"] = best_ms(lambda: one_graph.infer([hidden]))
