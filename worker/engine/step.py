@@ -145,7 +145,7 @@ class DecoderStep:
         the queries in bfloat16 ``(rows, 1, width)`` or None for a layer that cannot; else None.
 
         One compiled pass per layer instead of the split, three casts and two scattered writes; the
-        same bits (``tests/test_engine_v2_quantize``). Measured here, the writes alone took ~2 ms of a
+        same bits (``tests/test_engine_v2_into_cache``). Measured here, the writes alone took ~2 ms of a
         one-task step and ~5 ms of an eight-task one: each small operation costs several times its
         arithmetic once the layer's weights have streamed through the caches."""
         bits = self.cache.host_bits() if self.fused else None
