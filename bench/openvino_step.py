@@ -8,7 +8,9 @@ them for 2 and 16 rows:
 - as one graph, attention left out (what a whole-step graph's dense parts cost);
 - as 49 graphs cut where attention goes (what a hybrid with torch's attention calls);
 - those 49 graphs with torch's attention over a bfloat16 cache of 550 positions between them, torch on
-  2 and on 1 thread (2 rows).
+  2 and on 1 thread (2 rows);
+- ``--whole-step``: the whole step as one graph, attention over cache inputs;
+- ``--stateful``: the whole step with the cache held in the runtime, as OpenVINO runs LLMs.
 
     pip install openvino          # not one of Segue's dependencies
     python -m bench.openvino_step --threads 2
@@ -31,6 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--stateful", action="store_true",
+                        help="also time the whole step with the cache held in the runtime (all rows one length)")
     parser.add_argument("--whole-step", action="store_true",
                         help="also time the whole step (attention too) as one graph, over float32 and float16 caches")
     parser.add_argument("--weights", choices=["int8", "int4"], default="int8",
@@ -38,6 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     import openvino as ov
     import openvino.opset13 as ops
+    import openvino.opset6 as opset6
     import torch
 
     rng = np.random.default_rng(0)
@@ -168,7 +173,75 @@ def main() -> None:
                 feeds += [rng.standard_normal((rows, HEADS, length, HEAD_DIM)).astype(numpy_type) for _ in range(2)]
         return best_ms(lambda: request.infer(feeds, share_inputs=True))
 
+    def stateful_step():
+        """The whole step as one graph with the self-attention cache held in the runtime, as OpenVINO runs
+        LLMs: per layer, state -> Gather(beam_idx) -> Concat(new key) -> attention, and the Concat assigned
+        back (its CPU plugin fuses this into one attention node with an in-place cache, u8 by default).
+        Every row has the same length: the LLM way, not Segue's rows at their own positions."""
+        from openvino.op.util import Variable, VariableInfo
+
+        hidden = parameter("x")
+        beams = ops.parameter([-1], ov.Type.i32, name="beam_idx")
+        inputs, x, sinks = [hidden, beams], hidden, []
+        rows_shape = ops.gather(ops.shape_of(hidden), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
+        empty = ops.broadcast(ops.constant(np.float32(0)),
+                              ops.concat([rows_shape, ops.constant(np.array([HEADS, 0, HEAD_DIM], np.int64))], 0))
+        no_mask, scale = ops.constant(np.zeros((1, 1, 1, 1), np.float32)), np.float32(HEAD_DIM ** -0.5)
+
+        def heads(projected):
+            split = ops.reshape(projected, ops.constant(np.array([0, 1, HEADS, HEAD_DIM], np.int64)), True)
+            return ops.transpose(split, ops.constant(np.array([0, 2, 1, 3], np.int64)))
+
+        def merged(out):
+            out = ops.transpose(out, ops.constant(np.array([0, 2, 1, 3], np.int64)))
+            return ops.reshape(out, ops.constant(np.array([0, WIDTH], np.int64)), True)
+
+        def part(qkv, index):
+            return ops.slice(qkv, np.array([index * WIDTH]), np.array([(index + 1) * WIDTH]), np.array([1]),
+                             np.array([1]))
+
+        for layer in range(LAYERS):
+            qkv = linear(norm(x), 3 * WIDTH, WIDTH)
+            cached = []
+            for index, name in ((1, "keys"), (2, "values")):
+                info = VariableInfo()
+                info.data_shape = ov.PartialShape([-1, HEADS, -1, HEAD_DIM])
+                info.data_type, info.variable_id = ov.Type.f32, f"{name}{layer}"
+                variable = Variable(info)
+                past = ops.gather(opset6.read_value(empty, variable), beams, ops.constant(np.int64(0)))
+                everything = ops.concat([past, heads(part(qkv, index))], 2)
+                sinks.append(opset6.assign(everything, variable))
+                cached.append(everything)
+            attended = ops.scaled_dot_product_attention(heads(part(qkv, 0)), *cached, no_mask, scale)
+            x = ops.add(x, linear(merged(attended), WIDTH, WIDTH))
+            keys = ops.parameter([-1, HEADS, TEXT, HEAD_DIM], ov.Type.f32, name=f"cross_keys{layer}")
+            values = ops.parameter([-1, HEADS, TEXT, HEAD_DIM], ov.Type.f32, name=f"cross_values{layer}")
+            inputs += [keys, values]
+            crossed = ops.scaled_dot_product_attention(heads(linear(norm(x), WIDTH, WIDTH)), keys, values, no_mask, scale)
+            x = ops.add(x, linear(merged(crossed), WIDTH, WIDTH))
+            x = ops.add(x, linear(ops.gelu(linear(norm(x), FFN, WIDTH), "erf"), WIDTH, FFN))
+        model = ov.Model([linear(norm(x), HEADS_OUT, WIDTH).output(0)], sinks, inputs, "step")
+        return core.compile_model(model, "CPU", config).create_infer_request(), len(inputs) - 2
+
+    def stateful_ms(request, crosses, rows):
+        feeds = [np.full((rows, WIDTH), 0.1, np.float32), np.arange(rows, dtype=np.int32)]
+        feeds += [rng.standard_normal((rows, HEADS, TEXT, HEAD_DIM)).astype(np.float32) for _ in range(crosses)]
+        times = []
+        for _ in range(2):
+            request.reset_state()
+            for _ in range(POSITIONS):  # fill the cache to POSITIONS, as a musician's task is halfway through
+                request.infer(feeds, share_inputs=True)
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                request.infer(feeds, share_inputs=True)
+                times.append(time.perf_counter() - started)
+        return round(1000 * min(times), 1)
+
     result = {"weights": args.weights, "compile_s": round(compile_s, 1), "threads": args.threads}
+    if args.stateful:
+        request, crosses = stateful_step()
+        for rows in (2, 16):
+            result[f"stateful_step_ms_{rows}"] = stateful_ms(request, crosses, rows)
     if args.whole_step:
         for name, cache_type, numpy_type in (("f32", ov.Type.f32, np.float32), ("f16", ov.Type.f16, np.float16)):
             request = whole_step(cache_type)
