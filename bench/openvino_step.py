@@ -10,7 +10,9 @@ them for 2 and 16 rows:
 - those 49 graphs with torch's attention over a bfloat16 cache of 550 positions between them, torch on
   2 and on 1 thread (2 rows);
 - ``--whole-step``: the whole step as one graph, attention over cache inputs;
-- ``--stateful``: the whole step with the cache held in the runtime, as OpenVINO runs LLMs.
+- ``--stateful``: the whole step with the cache held in the runtime, as OpenVINO runs LLMs;
+- ``--check-rows``: whether a row's result depends on its neighbours, in the dense layers and in the
+  stateful attention (a row alone, beside another, and joined late behind a masked prefix).
 
     pip install openvino          # not one of Segue's dependencies
     python -m bench.openvino_step --threads 2
@@ -33,6 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--check-rows", action="store_true",
+                        help="also check that a row's result does not depend on its neighbours (dense layers, stateful attention)")
     parser.add_argument("--stateful", action="store_true",
                         help="also time the whole step with the cache held in the runtime (all rows one length)")
     parser.add_argument("--whole-step", action="store_true",
@@ -237,7 +241,67 @@ def main() -> None:
                 times.append(time.perf_counter() - started)
         return round(1000 * min(times), 1)
 
+    def rows_kept_apart() -> dict:
+        """Whether a row's result depends on its neighbours (what Segue's seed guarantees need):
+        three dense layers at 1..33 rows against one call of 33; and the stateful attention, a row
+        alone against the same row beside another and joined 37 steps late behind a masked prefix."""
+        x = parameter("x")
+        out = x
+        for _ in range(3):
+            out = ops.add(out, linear(ops.gelu(linear(out, FFN, WIDTH), "erf"), WIDTH, FFN))
+        dense = compiled([out], [x])
+        rows = rng.standard_normal((33, WIDTH)).astype(np.float32)
+        everyone = dense.infer([rows])[0].copy()
+        dense_apart = all(np.array_equal(dense.infer([rows[:n].copy()])[0], everyone[:n])
+                          for n in (1, 2, 3, 5, 8, 16, 17, 32))
+
+        from openvino.op.util import Variable, VariableInfo
+
+        shape = [-1, HEADS, 1, HEAD_DIM]
+        query, key, value = (ops.parameter(shape, ov.Type.f32, name=n) for n in ("q", "k", "v"))
+        beams = ops.parameter([-1], ov.Type.i32, name="beam_idx")
+        mask = ops.parameter([-1, 1, 1, -1], ov.Type.f32, name="mask")
+        batch = ops.gather(ops.shape_of(query), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
+        empty = ops.broadcast(ops.constant(np.float32(0)),
+                              ops.concat([batch, ops.constant(np.array([HEADS, 0, HEAD_DIM], np.int64))], 0))
+        sinks, cached = [], []
+        for name, new in (("keys", key), ("values", value)):
+            info = VariableInfo()
+            info.data_shape, info.data_type, info.variable_id = ov.PartialShape([-1, HEADS, -1, HEAD_DIM]), ov.Type.f32, name
+            variable = Variable(info)
+            everything = ops.concat([ops.gather(opset6.read_value(empty, variable), beams, ops.constant(np.int64(0))),
+                                     new], 2)
+            sinks.append(opset6.assign(everything, variable))
+            cached.append(everything)
+        attention = ops.scaled_dot_product_attention(query, *cached, mask, np.float32(HEAD_DIM ** -0.5))
+        model = ov.Model([attention.output(0)], sinks, [query, key, value, beams, mask], "attention")
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+        steps, late = 300, 37
+
+        def token():
+            return [rng.standard_normal((1, HEADS, 1, HEAD_DIM)).astype(np.float32) for _ in range(3)]
+
+        mine, theirs = [token() for _ in range(steps)], [token() for _ in range(late + steps)]
+
+        def run(lead: int, neighbour: bool):
+            request.reset_state()
+            for step in range(lead + steps):
+                own = mine[step - lead] if step >= lead else [t * 5 for t in token()]  # junk before it joins
+                feeds = [np.concatenate([own[i], theirs[step][i]]) if neighbour else own[i] for i in range(3)]
+                rows = 2 if neighbour else 1
+                masks = np.zeros((rows, 1, 1, step + 1), np.float32)
+                if step >= lead:
+                    masks[0, :, :, :lead] = np.finfo(np.float32).min
+                out = request.infer(feeds + [np.arange(rows, dtype=np.int32), masks])[0]
+            return out[:1].copy()
+
+        alone = run(0, False)
+        return {"dense_rows_apart": dense_apart, "stateful_attention_beside_another": bool(np.array_equal(run(0, True), alone)),
+                "stateful_attention_joined_late": bool(np.array_equal(run(late, True), alone))}
+
     result = {"weights": args.weights, "compile_s": round(compile_s, 1), "threads": args.threads}
+    if args.check_rows:
+        result["rows_kept_apart"] = rows_kept_apart()
     if args.stateful:
         request, crosses = stateful_step()
         for rows in (2, 16):
