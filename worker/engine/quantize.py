@@ -207,32 +207,38 @@ class RowScaledInt8Linear(torch.nn.Module):
             cached = self.__dict__["_norm"] = (weight, bias, weight.detach().numpy(), bias.detach().numpy())
         return cached[2], cached[3], norm.eps
 
+    def _product(self, levels: torch.Tensor) -> torch.Tensor:
+        return _onednn_linear(levels, self.packed, self.scales, self.zero_points)
+
     def _run(self, levels, lows, steps, residual: torch.Tensor | None) -> torch.Tensor:
-        product = _onednn_linear(levels, self.packed, self.scales, self.zero_points)
         if residual is not None:
             residual = residual.reshape(-1, self.out_features)
-        return rowquant.map_back(product, lows, steps, *self._host_arrays(), residual)
+        return rowquant.map_back(self._product(levels), lows, steps, *self._host_arrays(), residual)
+
+    def _normed_levels(self, x: torch.Tensor, norm: torch.nn.Module) -> tuple | None:
+        """``norm(x)``'s rows quantized in one pass (levels, minima, steps); None where the pass cannot take
+        the norm in (another kernel or dtype, another kind of norm)."""
+        arrays = self._norm_arrays(norm) if self.kernel == "onednn" and x.dtype == torch.float32 else None
+        return None if arrays is None else rowquant.quantize_normed_rows(x.reshape(-1, self.in_features), *arrays)
 
     def normed(self, x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
         """``self(norm(x))``, the LayerNorm computed inside the quantizing pass (oneDNN kernel, float32)."""
-        arrays = self._norm_arrays(norm) if self.kernel == "onednn" and x.dtype == torch.float32 else None
-        if arrays is None:
+        quantized = self._normed_levels(x, norm)
+        if quantized is None:
             return self(norm(x))
-        levels, lows, steps = rowquant.quantize_normed_rows(x.reshape(-1, self.in_features), *arrays)
-        return self._run(levels, lows, steps, None).view(*x.shape[:-1], self.out_features)
+        return self._run(*quantized, None).view(*x.shape[:-1], self.out_features)
 
     def normed_into_cache(self, x: torch.Tensor, norm: torch.nn.Module, keys, values, first: int,
                           positions) -> torch.Tensor | None:
         """For a fused q/k/v layer: ``self(norm(x))`` split in three and rounded to bfloat16, the keys and
         values written into one layer's cache (``rowquant.map_back_into_cache``), the queries returned
         ``(rows, width)``. None where this layer cannot (then the caller runs the plain path)."""
-        arrays = self._norm_arrays(norm) if self.kernel == "onednn" and x.dtype == torch.float32 else None
-        if arrays is None:
+        quantized = self._normed_levels(x, norm)
+        if quantized is None:
             return None
-        levels, lows, steps = rowquant.quantize_normed_rows(x.reshape(-1, self.in_features), *arrays)
-        product = _onednn_linear(levels, self.packed, self.scales, self.zero_points)
-        return rowquant.map_back_into_cache(product, lows, steps, *self._host_arrays(), keys, values, first,
-                                            positions)
+        levels, lows, steps = quantized
+        return rowquant.map_back_into_cache(self._product(levels), lows, steps, *self._host_arrays(), keys, values,
+                                            first, positions)
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + self(x)``, bit for bit, the sum made in the mapping-back pass (oneDNN kernel); ``x``

@@ -43,12 +43,16 @@ def _quantize_row(x, levels):  # pragma: no cover - compiled by numba
     return low, np.float32(span / np.float32(LEVELS))
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _outputs(rows, cols):  # pragma: no cover - compiled by numba
+    """The quantizing loops' results: uint8 levels, and each row's minimum and level step."""
+    return np.empty((rows, cols), dtype=np.uint8), np.empty(rows, dtype=np.float32), np.empty(rows, dtype=np.float32)
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _quantized(x):  # pragma: no cover - compiled by numba
     rows, cols = x.shape
-    levels = np.empty((rows, cols), dtype=np.uint8)
-    lows = np.empty(rows, dtype=np.float32)
-    steps = np.empty(rows, dtype=np.float32)
+    levels, lows, steps = _outputs(rows, cols)
     for i in range(rows):
         lows[i], steps[i] = _quantize_row(x[i], levels[i])
     return levels, lows, steps
@@ -58,9 +62,7 @@ def _quantized(x):  # pragma: no cover - compiled by numba
 def _quantized_bfloat16(bits):  # pragma: no cover - compiled by numba
     """``_quantized`` of bfloat16 rows (their bits, uint16): each row widened exactly to float32 first."""
     rows, cols = bits.shape
-    levels = np.empty((rows, cols), dtype=np.uint8)
-    lows = np.empty(rows, dtype=np.float32)
-    steps = np.empty(rows, dtype=np.float32)
+    levels, lows, steps = _outputs(rows, cols)
     wide = np.empty(cols, dtype=np.uint32)
     row = wide.view(np.float32)
     for i in range(rows):
@@ -74,9 +76,7 @@ def _quantized_bfloat16(bits):  # pragma: no cover - compiled by numba
 def _quantized_normed(x, weight, bias, eps):  # pragma: no cover - compiled by numba
     """``_quantized`` of ``LayerNorm(x)``: the row's moments in float64, its normalized values in float32."""
     rows, cols = x.shape
-    levels = np.empty((rows, cols), dtype=np.uint8)
-    lows = np.empty(rows, dtype=np.float32)
-    steps = np.empty(rows, dtype=np.float32)
+    levels, lows, steps = _outputs(rows, cols)
     normed = np.empty(cols, dtype=np.float32)
     for i in range(rows):
         mean = 0.0
