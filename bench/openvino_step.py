@@ -78,9 +78,39 @@ def main() -> None:
     def parameter(name):
         return ops.parameter([-1, WIDTH], ov.Type.f32, name=name)
 
-    def mlp_then(x, next_out):  # residual MLP, then the next layer's q/k/v (or the heads)
-        x = ops.add(x, linear(ops.gelu(linear(norm(x), FFN, WIDTH), "erf"), WIDTH, FFN))
+    def mlp(x):  # the residual MLP
+        return ops.add(x, linear(ops.gelu(linear(norm(x), FFN, WIDTH), "erf"), WIDTH, FFN))
+
+    def mlp_then(x, next_out):  # the residual MLP, then the next layer's q/k/v (or the heads)
+        x = mlp(x)
         return x, linear(norm(x), next_out, WIDTH)
+
+    def part(qkv, index):  # q, k or v of a fused projection
+        return ops.slice(qkv, np.array([index * WIDTH]), np.array([(index + 1) * WIDTH]), np.array([1]), np.array([1]))
+
+    def heads(projected):  # (rows, width) -> (rows, heads, 1, head_dim)
+        split = ops.reshape(projected, ops.constant(np.array([0, 1, HEADS, HEAD_DIM], np.int64)), True)
+        return ops.transpose(split, ops.constant(np.array([0, 2, 1, 3], np.int64)))
+
+    def merged(out):  # (rows, heads, 1, head_dim) -> (rows, width)
+        out = ops.transpose(out, ops.constant(np.array([0, 2, 1, 3], np.int64)))
+        return ops.reshape(out, ops.constant(np.array([0, WIDTH], np.int64)), True)
+
+    def appended(new, name, beams, first_input):
+        """A stateful cache: the state kept so far (rows picked by ``beams``) with ``new`` appended, and the
+        Assign that keeps it; the state starts empty, as many rows as ``first_input`` has."""
+        from openvino.op.util import Variable, VariableInfo
+
+        rows = ops.gather(ops.shape_of(first_input), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
+        empty = ops.broadcast(ops.constant(np.float32(0)),
+                              ops.concat([rows, ops.constant(np.array([HEADS, 0, HEAD_DIM], np.int64))], 0))
+        info = VariableInfo()
+        info.data_shape, info.data_type = ov.PartialShape([-1, HEADS, -1, HEAD_DIM]), ov.Type.f32
+        info.variable_id = name
+        variable = Variable(info)
+        past = ops.gather(opset6.read_value(empty, variable), beams, ops.constant(np.int64(0)))
+        everything = ops.concat([past, new], 2)
+        return everything, opset6.assign(everything, variable)
 
     def compiled(outputs, inputs):
         return core.compile_model(ov.Model(outputs, inputs), "CPU", config).create_infer_request()
@@ -90,10 +120,8 @@ def main() -> None:
         hidden = x
         for _ in range(LAYERS):
             qkv = linear(norm(hidden), 3 * WIDTH, WIDTH)
-            attended = ops.slice(qkv, np.array([0]), np.array([WIDTH]), np.array([1]), np.array([1]))
-            hidden = ops.add(hidden, linear(attended, WIDTH, WIDTH))
-            hidden = ops.add(hidden, linear(linear(norm(hidden), WIDTH, WIDTH), WIDTH, WIDTH))
-            hidden = ops.add(hidden, linear(ops.gelu(linear(norm(hidden), FFN, WIDTH), "erf"), WIDTH, FFN))
+            hidden = ops.add(hidden, linear(part(qkv, 0), WIDTH, WIDTH))
+            hidden = mlp(ops.add(hidden, linear(linear(norm(hidden), WIDTH, WIDTH), WIDTH, WIDTH)))
         return compiled([linear(norm(hidden), HEADS_OUT, WIDTH)], [x])
 
     started = time.perf_counter()
@@ -148,26 +176,18 @@ def main() -> None:
         inputs, x = [hidden], hidden
         shape = [-1, HEADS, -1, HEAD_DIM]
 
-        def heads(projected):  # (rows, width) -> (rows, heads, 1, head_dim)
-            split = ops.reshape(projected, ops.constant(np.array([0, 1, HEADS, HEAD_DIM], np.int64)), True)
-            return ops.transpose(split, ops.constant(np.array([0, 2, 1, 3], np.int64)))
-
         def attend(query, name):
             keys = ops.parameter(shape, cache_type, name=f"{name}_keys")
             values = ops.parameter(shape, cache_type, name=f"{name}_values")
             inputs.extend([keys, values])
             if cache_type != ov.Type.f32:
                 keys, values = ops.convert(keys, ov.Type.f32), ops.convert(values, ov.Type.f32)
-            out = ops.scaled_dot_product_attention(heads(query), keys, values, scale=np.float32(HEAD_DIM ** -0.5))
-            merged = ops.transpose(out, ops.constant(np.array([0, 2, 1, 3], np.int64)))
-            return ops.reshape(merged, ops.constant(np.array([0, WIDTH], np.int64)), True)
+            return merged(ops.scaled_dot_product_attention(heads(query), keys, values, scale=np.float32(HEAD_DIM ** -0.5)))
 
         for layer in range(LAYERS):
             qkv = linear(norm(x), 3 * WIDTH, WIDTH)
-            query = ops.slice(qkv, np.array([0]), np.array([WIDTH]), np.array([1]), np.array([1]))
-            x = ops.add(x, linear(attend(query, f"self{layer}"), WIDTH, WIDTH))
-            x = ops.add(x, linear(attend(linear(norm(x), WIDTH, WIDTH), f"cross{layer}"), WIDTH, WIDTH))
-            x = ops.add(x, linear(ops.gelu(linear(norm(x), FFN, WIDTH), "erf"), WIDTH, FFN))
+            x = ops.add(x, linear(attend(part(qkv, 0), f"self{layer}"), WIDTH, WIDTH))
+            x = mlp(ops.add(x, linear(attend(linear(norm(x), WIDTH, WIDTH), f"cross{layer}"), WIDTH, WIDTH)))
         return compiled([linear(norm(x), HEADS_OUT, WIDTH)], inputs)
 
     def whole_step_ms(request, rows, numpy_type):
@@ -182,48 +202,24 @@ def main() -> None:
         LLMs: per layer, state -> Gather(beam_idx) -> Concat(new key) -> attention, and the Concat assigned
         back (its CPU plugin fuses this into one attention node with an in-place cache, u8 by default).
         Every row has the same length: the LLM way, not Segue's rows at their own positions."""
-        from openvino.op.util import Variable, VariableInfo
-
         hidden = parameter("x")
         beams = ops.parameter([-1], ov.Type.i32, name="beam_idx")
         inputs, x, sinks = [hidden, beams], hidden, []
-        rows_shape = ops.gather(ops.shape_of(hidden), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
-        empty = ops.broadcast(ops.constant(np.float32(0)),
-                              ops.concat([rows_shape, ops.constant(np.array([HEADS, 0, HEAD_DIM], np.int64))], 0))
         no_mask, scale = ops.constant(np.zeros((1, 1, 1, 1), np.float32)), np.float32(HEAD_DIM ** -0.5)
-
-        def heads(projected):
-            split = ops.reshape(projected, ops.constant(np.array([0, 1, HEADS, HEAD_DIM], np.int64)), True)
-            return ops.transpose(split, ops.constant(np.array([0, 2, 1, 3], np.int64)))
-
-        def merged(out):
-            out = ops.transpose(out, ops.constant(np.array([0, 2, 1, 3], np.int64)))
-            return ops.reshape(out, ops.constant(np.array([0, WIDTH], np.int64)), True)
-
-        def part(qkv, index):
-            return ops.slice(qkv, np.array([index * WIDTH]), np.array([(index + 1) * WIDTH]), np.array([1]),
-                             np.array([1]))
-
         for layer in range(LAYERS):
             qkv = linear(norm(x), 3 * WIDTH, WIDTH)
             cached = []
             for index, name in ((1, "keys"), (2, "values")):
-                info = VariableInfo()
-                info.data_shape = ov.PartialShape([-1, HEADS, -1, HEAD_DIM])
-                info.data_type, info.variable_id = ov.Type.f32, f"{name}{layer}"
-                variable = Variable(info)
-                past = ops.gather(opset6.read_value(empty, variable), beams, ops.constant(np.int64(0)))
-                everything = ops.concat([past, heads(part(qkv, index))], 2)
-                sinks.append(opset6.assign(everything, variable))
+                everything, sink = appended(heads(part(qkv, index)), f"{name}{layer}", beams, hidden)
                 cached.append(everything)
+                sinks.append(sink)
             attended = ops.scaled_dot_product_attention(heads(part(qkv, 0)), *cached, no_mask, scale)
             x = ops.add(x, linear(merged(attended), WIDTH, WIDTH))
             keys = ops.parameter([-1, HEADS, TEXT, HEAD_DIM], ov.Type.f32, name=f"cross_keys{layer}")
             values = ops.parameter([-1, HEADS, TEXT, HEAD_DIM], ov.Type.f32, name=f"cross_values{layer}")
             inputs += [keys, values]
             crossed = ops.scaled_dot_product_attention(heads(linear(norm(x), WIDTH, WIDTH)), keys, values, no_mask, scale)
-            x = ops.add(x, linear(merged(crossed), WIDTH, WIDTH))
-            x = ops.add(x, linear(ops.gelu(linear(norm(x), FFN, WIDTH), "erf"), WIDTH, FFN))
+            x = mlp(ops.add(x, linear(merged(crossed), WIDTH, WIDTH)))
         model = ov.Model([linear(norm(x), HEADS_OUT, WIDTH).output(0)], sinks, inputs, "step")
         return core.compile_model(model, "CPU", config).create_infer_request(), len(inputs) - 2
 
@@ -255,24 +251,13 @@ def main() -> None:
         dense_apart = all(np.array_equal(dense.infer([rows[:n].copy()])[0], everyone[:n])
                           for n in (1, 2, 3, 5, 8, 16, 17, 32))
 
-        from openvino.op.util import Variable, VariableInfo
-
         shape = [-1, HEADS, 1, HEAD_DIM]
         query, key, value = (ops.parameter(shape, ov.Type.f32, name=n) for n in ("q", "k", "v"))
         beams = ops.parameter([-1], ov.Type.i32, name="beam_idx")
         mask = ops.parameter([-1, 1, 1, -1], ov.Type.f32, name="mask")
-        batch = ops.gather(ops.shape_of(query), ops.constant(np.array([0], np.int64)), ops.constant(np.int64(0)))
-        empty = ops.broadcast(ops.constant(np.float32(0)),
-                              ops.concat([batch, ops.constant(np.array([HEADS, 0, HEAD_DIM], np.int64))], 0))
-        sinks, cached = [], []
-        for name, new in (("keys", key), ("values", value)):
-            info = VariableInfo()
-            info.data_shape, info.data_type, info.variable_id = ov.PartialShape([-1, HEADS, -1, HEAD_DIM]), ov.Type.f32, name
-            variable = Variable(info)
-            everything = ops.concat([ops.gather(opset6.read_value(empty, variable), beams, ops.constant(np.int64(0))),
-                                     new], 2)
-            sinks.append(opset6.assign(everything, variable))
-            cached.append(everything)
+        (keys, keep_keys), (values, keep_values) = (appended(new, name, beams, query)
+                                                    for name, new in (("keys", key), ("values", value)))
+        cached, sinks = [keys, values], [keep_keys, keep_values]
         attention = ops.scaled_dot_product_attention(query, *cached, mask, np.float32(HEAD_DIM ** -0.5))
         model = ov.Model([attention.output(0)], sinks, [query, key, value, beams, mask], "attention")
         request = core.compile_model(model, "CPU", config).create_infer_request()
