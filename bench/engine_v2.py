@@ -157,11 +157,51 @@ class HFSetup:
         return total / steps * 1000
 
 
+class OpenVinoSetup(Setup):
+    """``Setup`` for ``SEGUE_QUANTIZE=openvino-int8``: the compiled graph over the paged float16 cache."""
+
+    def __init__(self, model, compiled, tasks: int, positions: int):
+        import numpy as np
+
+        from worker.engine.openvino_step import OpenVinoStep
+
+        self.rows = 2 * tasks
+        self.step = OpenVinoStep(model.decoder, _paged_cache(model, compiled, self.rows,
+                                                             positions + self.SPREAD * tasks + 8),
+                                 compiled, _projection(model))
+        generator = torch.Generator().manual_seed(0)
+        noise = np.random.default_rng(0)
+        with torch.inference_mode():
+            states = model.text_encoder(input_ids=torch.tensor([[5, 6, 7, 1]])).last_hidden_state[0]
+            for t in range(tasks):
+                self.step.set_text(slice(2 * t, 2 * t + 2), states, guided=True)
+        for array in (*self.step.cache.keys, *self.step.cache.values):
+            array[:] = noise.standard_normal(array.shape).astype(array.dtype)
+        self.ids = torch.randint(0, 2048, (self.rows, model.decoder.config.num_codebooks), generator=generator)
+        offsets = [self.SPREAD * t - self.SPREAD * (tasks - 1) // 2 for t in range(tasks)]
+        self.positions = torch.tensor([positions + offset for offset in offsets for _ in range(2)])
+
+
+def _projection(model):
+    config = model.decoder.config
+    return model.enc_to_dec_proj if model.text_encoder.config.hidden_size != config.hidden_size else None
+
+
+def _paged_cache(model, compiled, rows: int, positions: int):
+    from worker.engine.openvino_step import paged_cache_for
+
+    config = model.decoder.config
+    return paged_cache_for(compiled, layers=config.num_hidden_layers, rows=rows, width=config.hidden_size,
+                           max_positions=positions, max_text=8)
+
+
 def drift_of(model, decoders: dict, positions: int, kv_dtypes: dict | None = None) -> dict:
     """Each decoder's next-token distributions against ``decoders["fp32"]``'s on the same tokens; ``kv_dtypes``:
-    a decoder's KV cache dtype when not float32."""
+    a decoder's KV cache dtype when not float32. A decoder may also be a compiled OpenVINO graph
+    (``openvino-int8``), stepped over its paged cache."""
     from worker.engine import delay
     from worker.engine.kv_cache import KVCache
+    from worker.engine.openvino_step import OpenVinoStep
     from worker.engine.quantize import drift
     from worker.engine.step import DecoderStep
 
@@ -176,11 +216,15 @@ def drift_of(model, decoders: dict, positions: int, kv_dtypes: dict | None = Non
     with torch.inference_mode():
         states = model.text_encoder(input_ids=torch.tensor([[5, 6, 7, 1]])).last_hidden_state[0]
         for name, decoder in decoders.items():
-            cache = KVCache(layers=config.num_hidden_layers, rows=1, heads=config.num_attention_heads,
-                            head_dim=config.hidden_size // config.num_attention_heads,
-                            max_positions=ids.shape[1], max_text=8,
-                            dtype=(kv_dtypes or {}).get(name, torch.float32))
-            step = DecoderStep(decoder, cache, projection)
+            if not isinstance(decoder, torch.nn.Module):  # a compiled graph of model.decoder
+                step = OpenVinoStep(model.decoder, _paged_cache(model, decoder, 1, ids.shape[1]), decoder,
+                                    projection)
+            else:
+                cache = KVCache(layers=config.num_hidden_layers, rows=1, heads=config.num_attention_heads,
+                                head_dim=config.hidden_size // config.num_attention_heads,
+                                max_positions=ids.shape[1], max_text=8,
+                                dtype=(kv_dtypes or {}).get(name, torch.float32))
+                step = DecoderStep(decoder, cache, projection)
             step.set_text(slice(0, 1), states, guided=False)
             out = [step.prefill(slice(0, 1), ids[None, :, :positions], 0)]
             for p in range(positions, ids.shape[1] - 1):

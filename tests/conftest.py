@@ -77,7 +77,7 @@ def engine(engine_float):
 # same alone, batched and joining mid-run, cancel, failures, windows, melody, streaming): float32, and
 # the CPU workers' default (worker.engine.quantize.CPU_DEFAULT). A module opts in with
 # `engine = engine_in_modes()` (and `melody`'s equivalent), which re-runs its tests in each mode.
-ENGINE_MODES = ("", "int8-rows")
+ENGINE_MODES = ("", "int8-rows", "openvino-int8")
 
 
 def engine_in_modes(build=None, name: str = "engine"):

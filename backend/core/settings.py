@@ -116,8 +116,8 @@ def _quantize(text: str) -> str:
         return ""
     if text in ("", "auto"):
         return "auto"
-    if text not in ("int8-rows", "int8", "int8-weight-only"):
-        raise ValueError("must be auto (the default), off, int8-rows, int8 or int8-weight-only")
+    if text not in ("int8-rows", "int8", "int8-weight-only", "openvino-int8"):
+        raise ValueError("must be auto (the default), off, int8-rows, int8, int8-weight-only or openvino-int8")
     return text
 
 
@@ -195,7 +195,8 @@ SETTINGS: tuple[Setting, ...] = (
             "CPU workers' decoder precision: `auto` = `int8-rows` for real checkpoints on a CPU (int8 weights and "
             "activations, one scale per row: ~1.5x faster steps than float32, a seed sounds the same alone and batched), float "
             "for the tiny test models and on GPUs; `off` = float32; `int8` (one activation scale per call: a seed "
-            "may sound slightly different alone and batched); `int8-weight-only` (slower). See docs/cpu-engine.md.",
+            "may sound slightly different alone and batched); `int8-weight-only` (slower); `openvino-int8` (the whole "
+            "step as one compiled OpenVINO graph, int8 weights, float16 paged cache). See docs/cpu-engine.md.",
             _quantize),
     Setting("SEGUE_KV_CACHE", "kv_cache", "auto",
             "Precision of the decoder's key/value cache: `auto` = `bfloat16` when the decoder is quantized on a CPU "

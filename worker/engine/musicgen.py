@@ -56,7 +56,8 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 from worker.device import pick_device
 from worker.engine.codec import TiledDecoder
 from worker.engine.loop import EngineLoop
-from worker.engine.quantize import kv_dtype, quantize_decoder, resolve
+from worker.engine.openvino_step import OpenVinoStep
+from worker.engine.quantize import COMPILED_MODES, kv_dtype, quantize_decoder, resolve
 from worker.engine.requests import GenerationRequest, GenerationResult, OnStep, Plan
 from worker.engine.scheduler import Scheduler
 from worker.engine.threads import single_threaded
@@ -133,7 +134,15 @@ class MusicGenEngine:
             log.info("SEGUE_QUANTIZE=%s ignored on %s", quantize, torch_device)
             quantize = ""
         self.quantize = quantize  # as applied
-        self.decoder = quantize_decoder(self.model.decoder, quantize, inplace=True) if quantize else self.model.decoder
+        # SEGUE_QUANTIZE=openvino-int8: the scheduler steps a compiled graph of the float decoder instead.
+        self.compiled_decoder = None
+        if quantize in COMPILED_MODES:
+            self.decoder = self.model.decoder
+            self.compiled_decoder = OpenVinoStep.compiled(self.decoder, self.cpu_threads)
+        elif quantize:
+            self.decoder = quantize_decoder(self.model.decoder, quantize, inplace=True)
+        else:
+            self.decoder = self.model.decoder
         self.kv_dtype = kv_dtype(kv_cache, torch_device.type, bool(quantize), dtype)
         # EnCodec decodes on CPUs run tiled (worker.engine.codec: the same audio up to float rounding, ~1.6x
         # faster); GPUs keep transformers' decode, unmeasured there.

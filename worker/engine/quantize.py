@@ -54,6 +54,8 @@ import torch
 from worker.engine import rowquant
 
 MODES = ("", "int8", "int8-weight-only", "int8-rows")
+# Not a torch decoder: the whole step as one compiled OpenVINO graph (worker.engine.openvino_graph).
+COMPILED_MODES = ("openvino-int8",)
 # What ``auto`` means on a CPU (see ``resolve``).
 CPU_DEFAULT = "int8-rows"
 # Below this many parameters (the tiny test models) auto stays float: they anchor the exactness tests against

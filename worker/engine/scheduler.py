@@ -52,6 +52,7 @@ from worker.engine import delay
 from worker.engine.graphs import BucketedDecode
 from worker.engine.kv_cache import KVCache
 from worker.engine.requests import GenerationRequest, GenerationResult, Plan, formatted
+from worker.engine.openvino_step import OpenVinoStep, paged_cache_for
 from worker.engine.step import DecoderStep
 from worker.engine.task_state import CANCELED, DONE, FAILED, RUNNING, RowState
 from worker.engine.sampling import SamplingSettings, draw
@@ -130,16 +131,24 @@ class Scheduler:
         self.max_positions = delay.sequence_length(math.ceil(max_seconds * engine.frame_rate) + 1, 0,
                                                    max(self.delays))
         self.max_prefix = engine.chroma_length + max_text if self.melody else 0
-        self.cache = KVCache(layers=config.num_hidden_layers, rows=max_rows, heads=config.num_attention_heads,
-                             head_dim=config.hidden_size // config.num_attention_heads,
-                             max_positions=self.max_prefix + self.max_positions + 1,  # + scratch
-                             max_text=0 if self.melody else max_text,
-                             dtype=engine.kv_dtype, device=engine._torch_device)
+        cache_positions = self.max_prefix + self.max_positions + 1  # + scratch
+        cache_text = 0 if self.melody else max_text
         projection = None  # melody engines project the text themselves (it is part of their prefix)
         if (not self.melody and model.text_encoder.config.hidden_size != config.hidden_size
                 and config.cross_attention_hidden_size is None):
             projection = model.enc_to_dec_proj
-        self.step_fn = DecoderStep(decoder, self.cache, projection)
+        compiled = getattr(engine, "compiled_decoder", None)
+        if compiled is not None:  # SEGUE_QUANTIZE=openvino-int8: the compiled graph over a paged cache
+            self.cache = paged_cache_for(compiled, layers=config.num_hidden_layers, rows=max_rows,
+                                         width=config.hidden_size, max_positions=cache_positions,
+                                         max_text=cache_text)
+            self.step_fn = OpenVinoStep(decoder, self.cache, compiled, projection)
+        else:
+            self.cache = KVCache(layers=config.num_hidden_layers, rows=max_rows, heads=config.num_attention_heads,
+                                 head_dim=config.hidden_size // config.num_attention_heads,
+                                 max_positions=cache_positions, max_text=cache_text,
+                                 dtype=engine.kv_dtype, device=engine._torch_device)
+            self.step_fn = DecoderStep(decoder, self.cache, projection)
         self._start_ids = torch.full((engine.num_codebooks,), delay.START, dtype=torch.long,
                                      device=engine._torch_device)
         # Fixed-shape steps per row-count bucket (CUDA graphs on GPUs): see worker.engine.graphs.
