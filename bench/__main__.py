@@ -10,7 +10,7 @@ cores anything running beside a measurement would distort it):
    backend.dev.devstack``), float32 (``SEGUE_QUANTIZE=off``): one task at a
    time (``single``), then 8 concurrent tasks (``batched``);
 4. Segue end to end in the CPU workers' default precision
-   (``SEGUE_QUANTIZE=auto``, i.e. ``int8-rows``): 8 concurrent tasks
+   (``SEGUE_QUANTIZE=auto``: ``openvino-int8`` on x86-64): 8 concurrent tasks
    (``throughput_vs_baseline``: the old design against Segue on a CPU host);
    a musician's task, a 6 s prompt continued by 10 s, alone
    (``realtime_factor_1``: seconds of new audio per second of wall time,
@@ -101,12 +101,12 @@ def run_segue_int8(args, work: Workload, data_dir: Path, timed) -> dict:
                        extra_env={"SEGUE_QUANTIZE": "auto"})
     prompt = work.prompt_b64()
     try:
-        log("segue int8-rows: starting the stack")
+        log("segue cpu-default: starting the stack")
         stack.start()
-        timed("segue int8-rows warm-up", lambda: stack.run_one(work, 0, prompt), retries=0)
-        seconds, docs = timed(f"segue int8-rows batched {args.batch}",
+        timed("segue cpu-default warm-up", lambda: stack.run_one(work, 0, prompt), retries=0)
+        seconds, docs = timed(f"segue cpu-default batched {args.batch}",
                               lambda: stack.run_concurrent(work, [200 + i for i in range(args.batch)], prompt))
-        log(f"segue int8-rows: {args.batch} concurrent tasks: {seconds:.2f} s")
+        log(f"segue cpu-default: {args.batch} concurrent tasks: {seconds:.2f} s")
         result = {"batched_s": seconds}
         if args.realtime:
             song = MUSICIAN.prompt_b64()
@@ -116,7 +116,7 @@ def run_segue_int8(args, work: Workload, data_dir: Path, timed) -> dict:
             result.update({"musician_1_s": one, "musician_8_s": eight,
                            "realtime_factor_1": MUSICIAN.new_seconds / one,
                            "realtime_factor_8": args.batch * MUSICIAN.new_seconds / eight})
-            log(f"segue int8-rows: a 6 s + 10 s task alone in {one:.1f} s, {args.batch} at once in {eight:.1f} s")
+            log(f"segue cpu-default: a 6 s + 10 s task alone in {one:.1f} s, {args.batch} at once in {eight:.1f} s")
         if args.stream_seconds > 0:
             from . import first_audio
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         report.Row(f"raw batch {args.batch}", raw_result["batched_s"], args.batch, "one model.generate call"),
         report.Row(f"segue batched {args.batch}", segue["batched_s"], args.batch,
                    f"{args.batch} concurrent clients; batch sizes {sorted(set(segue['batch_sizes']))}"),
-        report.Row(f"segue int8 batched {args.batch}", segue_int8_s, args.batch, "SEGUE_QUANTIZE=auto (int8-rows)"),
+        report.Row(f"segue int8 batched {args.batch}", segue_int8_s, args.batch, "SEGUE_QUANTIZE=auto (openvino-int8 on x86-64)"),
     ]
     result = report.ratios(base["wall_s"], raw1, single, raw_result["batched_s"], segue["batched_s"], segue_int8_s)
     result.update({key: engine[key] for key in ("step_8_vs_1", "int8_speedup", "poisson_p95_vs_static",
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{streaming['chunks']} chunks)")
         print()
     engine = result["engine"]
-    print(f"engine (int8-rows decoder): Poisson p95 {engine['poisson']['v2']['p95_s']} s vs static "
+    print(f"engine (CPU default decoder): Poisson p95 {engine['poisson']['v2']['p95_s']} s vs static "
           f"{engine['poisson']['static']['p95_s']} s; makespan {engine['poisson']['v2']['makespan_s']} vs "
           f"{engine['poisson']['static']['makespan_s']} s; first chunk under load "
           f"{engine['first_chunk_under_load_s']['v2']} vs {engine['first_chunk_under_load_s']['static']} s; "

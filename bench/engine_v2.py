@@ -9,8 +9,9 @@ weights do not change speed), guided tasks (two rows each):
   (``worker.engine.step.DecoderStep`` over the slotted ``KVCache``), every row
   attending over ``--positions`` cached positions, for 1 and 8 tasks, with
   the decoder in float32, ``int8-weight-only``, ``int8`` (dynamic, one
-  activation scale per call) and ``int8-rows`` (dynamic, one per row: the
-  CPU default);
+  activation scale per call), ``int8-rows`` (dynamic, one per row) and
+  ``openvino-int8`` (the whole step as one compiled OpenVINO graph over a
+  paged float16 cache: the CPU default where openvino runs);
 - ``hf_step_ms``: the same step through transformers' own decoder forward
   with its ``DynamicCache`` (what ``generate`` runs per step), float32;
 - ``drift``: next-token distributions of each int8 mode against float32 on
@@ -47,7 +48,7 @@ from .quiet import Settler
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / ".cache" / "models" / "musicgen-small-arch"
-QUANTIZED = ("int8-weight-only", "int8", "int8-rows")
+QUANTIZED = ("int8-weight-only", "int8", "int8-rows", "openvino-int8")
 
 
 def log(message: str) -> None:
@@ -182,6 +183,23 @@ class OpenVinoSetup(Setup):
         self.positions = torch.tensor([positions + offset for offset in offsets for _ in range(2)])
 
 
+def setup_for(model, decoder, tasks: int, positions: int, kv_dtype: torch.dtype = torch.float32) -> Setup:
+    """``Setup``, or ``OpenVinoSetup`` where ``decoder`` is a compiled graph (``openvino-int8``)."""
+    if isinstance(decoder, torch.nn.Module):
+        return Setup(model, decoder, tasks, positions, kv_dtype)
+    return OpenVinoSetup(model, decoder, tasks, positions)
+
+
+def decoder_for(model, mode: str, threads: int = 0):
+    """``model.decoder`` in ``mode``: a quantized copy, or the compiled graph of ``openvino-int8``."""
+    from worker.engine.openvino_step import OpenVinoStep
+    from worker.engine.quantize import COMPILED_MODES, quantize_decoder
+
+    if mode in COMPILED_MODES:
+        return OpenVinoStep.compiled(model.decoder, threads or torch.get_num_threads())
+    return quantize_decoder(model.decoder, mode)
+
+
 def _projection(model):
     config = model.decoder.config
     return model.enc_to_dec_proj if model.text_encoder.config.hidden_size != config.hidden_size else None
@@ -270,25 +288,25 @@ def step_figures(args, settler) -> dict:
     """Decoding-step times (fp32, int8 modes, transformers) and int8 drift."""
     from transformers import MusicgenForConditionalGeneration
 
-    from worker.engine.quantize import CPU_DEFAULT, kv_dtype, quantize_decoder
+    from worker.engine.quantize import kv_dtype
 
     started = time.perf_counter()
     model = MusicgenForConditionalGeneration.from_pretrained(
         args.model, dtype=torch.float32, attn_implementation={"decoder": "sdpa", "text_encoder": "sdpa"}).eval()
     decoders = {"fp32": model.decoder}
     for mode in QUANTIZED:
-        decoders[mode] = quantize_decoder(model.decoder, mode)
-    # Quantized modes run over the KV cache a worker gives them (SEGUE_KV_CACHE=auto: bfloat16); the CPU
-    # default once more over a float32 cache, to show what the narrower cache buys.
+        decoders[mode] = decoder_for(model, mode)
+    # Quantized modes run over the KV cache a worker gives them (SEGUE_KV_CACHE=auto: bfloat16; openvino-int8
+    # its own float16 paged cache); int8-rows once more over a float32 cache, to show what the narrower cache buys.
     kv_dtypes = {mode: kv_dtype("auto", "cpu", True, torch.float32) for mode in QUANTIZED}
-    decoders[f"{CPU_DEFAULT}-f32kv"] = decoders[CPU_DEFAULT]
+    decoders["int8-rows-f32kv"] = decoders["int8-rows"]
     log(f"loaded and quantized in {time.perf_counter() - started:.0f} s; threads {torch.get_num_threads()}")
 
     setups = {}
     for tasks in args.tasks:
         for name, decoder in decoders.items():
-            setups[(name, tasks)] = Setup(model, decoder, tasks, args.positions,
-                                          kv_dtypes.get(name, torch.float32))
+            setups[(name, tasks)] = setup_for(model, decoder, tasks, args.positions,
+                                              kv_dtypes.get(name, torch.float32))
         setups[("hf-fp32", tasks)] = HFSetup(model, tasks, args.positions)
     best: dict = {}
     cpu: dict = {}

@@ -4,7 +4,7 @@ Each figure compares two ways side by side in one run, on the same loaded
 model (musicgen-small's architecture, random weights) and the same inputs:
 
 - ``step``: one decoding step of the engine's own loop at 1 and 8 guided
-  tasks, float32, ``SEGUE_QUANTIZE=int8`` and the CPU default (``int8-rows``)
+  tasks, float32, ``SEGUE_QUANTIZE=int8`` and the CPU default (``openvino-int8``)
   at 150 cached positions (``step_8_vs_1``, ``int8_speedup``); the CPU
   default again at 550 positions, the middle of a musician's task (6 s
   prompt, 10 s new): ``step_ms_1``, ``step_ms_8``, and ``bandwidth_share_1``
@@ -29,7 +29,7 @@ model (musicgen-small's architecture, random weights) and the same inputs:
   task; the audio is published from the final decode), and with every task
   followed by a listener: the share of throughput lost in each case.
 
-These run with the decoder in the CPU default, ``int8-rows`` (the CPU path):
+These run with the decoder in the CPU default, ``openvino-int8`` (the CPU path):
 in float32 the Poisson and first-chunk workloads alone would take longer
 than the whole of ``make bench`` may on 2 cores. The policies compare the
 same engine, so precision does not favour either side.
@@ -97,22 +97,25 @@ def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None]
     """ms per decoding step at 1 and 8 tasks: float32, int8 (a quantized copy of the float32 decoder: no
     third engine and cache in memory) and the CPU default; the CPU default's steps at a musician's
     positions and its share of the memory bandwidth; drift."""
+    from worker.engine.openvino_graph import weight_bytes
     from worker.engine.quantize import CPU_DEFAULT, quantize_decoder, step_weight_bytes
 
-    from .engine_v2 import Setup, drift_of
+    from .engine_v2 import drift_of, setup_for
 
     model = fp32_engine.model
+    compiled = chosen_engine.compiled_decoder  # openvino-int8's graph, else None
     decoders = {"fp32": model.decoder, "int8": quantize_decoder(model.decoder, "int8"),
-                CPU_DEFAULT: chosen_engine.decoder}
+                CPU_DEFAULT: compiled if compiled is not None else chosen_engine.decoder}
     best: dict = {}
-    # Each as a worker runs it: the CPU default over the chosen engine's KV cache (bfloat16), int8's over the
-    # same (SEGUE_KV_CACHE=auto gives any quantized decoder that cache), float32 over float32.
-    kv_dtypes = {"int8": chosen_engine.kv_dtype, CPU_DEFAULT: chosen_engine.kv_dtype}
-    setups = {(name, tasks, positions): Setup(model, decoder, tasks, positions, kv_dtypes.get(name, torch.float32))
+    # Each as a worker runs it: the CPU default over the chosen engine's KV cache (bfloat16; openvino-int8: its
+    # own float16 paged cache), int8's over bfloat16 (SEGUE_KV_CACHE=auto gives any quantized torch decoder
+    # that cache), float32 over float32.
+    kv_dtypes = {"int8": torch.bfloat16, CPU_DEFAULT: chosen_engine.kv_dtype}
+    setups = {(name, tasks, positions): setup_for(model, decoder, tasks, positions, kv_dtypes.get(name, torch.float32))
               for name, decoder in decoders.items() for tasks in (1, 8)}
     for tasks in (1, 8):
-        setups[(CPU_DEFAULT, tasks, MUSICIAN_POSITIONS)] = Setup(model, decoders[CPU_DEFAULT], tasks,
-                                                                 MUSICIAN_POSITIONS, chosen_engine.kv_dtype)
+        setups[(CPU_DEFAULT, tasks, MUSICIAN_POSITIONS)] = setup_for(model, decoders[CPU_DEFAULT], tasks,
+                                                                     MUSICIAN_POSITIONS, chosen_engine.kv_dtype)
     bandwidths = []
     for round_ in range(2):
         bandwidths.append(settler.measure("memory copy", copy_bandwidth_gbs))
@@ -123,11 +126,11 @@ def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None]
             log(f"step {key[0]} x{key[1]} at {key[2]} positions: {ms:.1f} ms (round {round_ + 1})")
     del setups
     bandwidth = max(bandwidths)
-    weight_bytes = step_weight_bytes(decoders[CPU_DEFAULT])
+    weights = weight_bytes(model.decoder) if compiled is not None else step_weight_bytes(decoders[CPU_DEFAULT])
     config = model.decoder.config
-    # What the step also reads from the cache for one guided task (two rows, keys and values, every layer).
-    cache_bytes = (2 * 2 * config.num_hidden_layers * config.hidden_size * MUSICIAN_POSITIONS
-                   * chosen_engine.kv_dtype.itemsize)
+    # What the step also reads from the cache for one guided task (two rows, keys and values, every layer):
+    # bfloat16 or openvino-int8's float16, two bytes a value either way.
+    cache_bytes = 2 * 2 * config.num_hidden_layers * config.hidden_size * MUSICIAN_POSITIONS * 2
     step_1 = best[(CPU_DEFAULT, 1, MUSICIAN_POSITIONS)]
     drifts = drift_of(model, decoders, positions, kv_dtypes)
     del decoders["int8"]
@@ -137,15 +140,15 @@ def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None]
         "int8_speedup": round(best[("fp32", 1, positions)] / best[("int8", 1, positions)], 3),
         "int8_drift": {k: round(v, 6) for k, v in drifts["int8"].items()},
         "quantize_mode": CPU_DEFAULT,
-        "kv_cache": str(chosen_engine.kv_dtype).removeprefix("torch."),
+        "kv_cache": "float16 (paged)" if compiled is not None else str(chosen_engine.kv_dtype).removeprefix("torch."),
         "step_ms_1": round(step_1, 1),
         "step_ms_8": round(best[(CPU_DEFAULT, 8, MUSICIAN_POSITIONS)], 1),
         "step_positions": MUSICIAN_POSITIONS,
-        "step_weight_bytes": weight_bytes,
+        "step_weight_bytes": weights,
         "copy_bandwidth_gbs": round(bandwidth, 1),
-        "bandwidth_share_1": round(weight_bytes / (step_1 / 1000) / (bandwidth * 1e9), 3),
+        "bandwidth_share_1": round(weights / (step_1 / 1000) / (bandwidth * 1e9), 3),
         "step_cache_bytes_1": cache_bytes,
-        "bandwidth_share_1_with_cache": round((weight_bytes + cache_bytes) / (step_1 / 1000) / (bandwidth * 1e9), 3),
+        "bandwidth_share_1_with_cache": round((weights + cache_bytes) / (step_1 / 1000) / (bandwidth * 1e9), 3),
         "drift": {"mode": CPU_DEFAULT, **{k: round(v, 6) for k, v in drifts[CPU_DEFAULT].items()}},
         "drift_all": {name: {k: round(v, 6) for k, v in d.items()} for name, d in drifts.items()},
     }

@@ -75,8 +75,8 @@ def test_a_narrower_kv_cache_drifts_little_from_float32(engine, cache_dtype):
     assert not torch.equal(narrow, reference)  # the cache really is narrower
     measured = drift(reference, narrow)
     assert abs(measured["mean_kl"]) < 1e-4 and measured["top1_agreement"] > 0.9
-    # With the CPU default's int8 decoder as served (SEGUE_KV_CACHE=auto).
-    quantized = quantize_decoder(model.decoder, CPU_DEFAULT)
+    # With int8-rows' decoder as served (SEGUE_KV_CACHE=auto).
+    quantized = quantize_decoder(model.decoder, "int8-rows")
     both = drift(reference, logits_along(model, quantized, ids, states, 11, torch.bfloat16))
     assert both["mean_kl"] < 1e-3 and both["top1_agreement"] > 0.8
 
@@ -250,9 +250,10 @@ def test_the_kv_cache_is_bfloat16_under_a_quantized_cpu_decoder_only():
     assert kv_dtype("float16", "cpu", False, torch.float32) == torch.float16
 
 
-def test_auto_is_int8_rows_for_real_models_on_cpus_only():
-    assert CPU_DEFAULT == "int8-rows"
-    assert resolve("auto", "cpu", 600_000_000) == "int8-rows"
+def test_auto_is_the_cpu_default_for_real_models_on_cpus_only():
+    # openvino-int8 on x86-64, int8-rows elsewhere (tests/test_engine_openvino.py)
+    assert CPU_DEFAULT in ("openvino-int8", "int8-rows")
+    assert resolve("auto", "cpu", 600_000_000) == CPU_DEFAULT
     assert resolve("auto", "cpu", 4_000_000) == ""  # the tiny test models
     assert resolve("auto", "cuda", 600_000_000) == ""
     assert resolve("int8", "cpu", 4_000_000) == "int8"

@@ -165,7 +165,22 @@ def compile_decoder(decoder, threads: int):
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f16", "PERFORMANCE_HINT": "LATENCY",
-              "NUM_STREAMS": 1}
+              "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return ov.Core().compile_model(GraphBuilder(decoder).model(), "CPU", config)
+
+
+def weight_bytes(decoder) -> int:
+    """Bytes of int8 weights and float32 scales one pass of the graph reads (its linear layers: what
+    ``quantize.step_weight_bytes`` counts for the eager modes)."""
+    def size(*linears) -> int:
+        return sum(layer.weight.numel() + 4 * layer.out_features for layer in linears)
+
+    total = size(*decoder.lm_heads)
+    for layer in decoder.model.decoder.layers:
+        attention = layer.self_attn
+        total += size(attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, layer.fc1, layer.fc2)
+        if hasattr(layer, "encoder_attn"):
+            total += size(layer.encoder_attn.q_proj, layer.encoder_attn.out_proj)
+    return total
