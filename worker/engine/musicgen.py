@@ -56,6 +56,7 @@ from transformers import AutoProcessor, MusicgenForConditionalGeneration
 from worker.device import pick_device
 from worker.engine.codec import TiledDecoder
 from worker.engine.loop import EngineLoop
+from worker.engine.openvino_graph import release_float_weights
 from worker.engine.openvino_step import OpenVinoStep
 from worker.engine.quantize import COMPILED_MODES, kv_dtype, quantize_decoder, resolve
 from worker.engine.requests import GenerationRequest, GenerationResult, OnStep, Plan
@@ -139,6 +140,7 @@ class MusicGenEngine:
         if quantize in COMPILED_MODES:
             self.decoder = self.model.decoder
             self.compiled_decoder = OpenVinoStep.compiled(self.decoder, self.cpu_threads)
+            release_float_weights(self.decoder)
         elif quantize:
             self.decoder = quantize_decoder(self.model.decoder, quantize, inplace=True)
         else:

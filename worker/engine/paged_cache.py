@@ -43,11 +43,11 @@ class PagedKVCache:
         self.text_blocks = math.ceil(max(max_text, 1) / self.block)
         self.scratch_block = rows * self.row_blocks
         self.scratch_text_block = rows * self.text_blocks
-        self.keys = [np.zeros((self.scratch_block + 1, *key_block), dtype) for _ in range(layers)]
-        self.values = [np.zeros((self.scratch_block + 1, *value_block), dtype) for _ in range(layers)]
+        self.keys = [_zeros((self.scratch_block + 1, *key_block), dtype) for _ in range(layers)]
+        self.values = [_zeros((self.scratch_block + 1, *value_block), dtype) for _ in range(layers)]
         cross = layers if max_text else 0
-        self.cross_keys = [np.zeros((self.scratch_text_block + 1, *key_block), dtype) for _ in range(cross)]
-        self.cross_values = [np.zeros((self.scratch_text_block + 1, *value_block), dtype) for _ in range(cross)]
+        self.cross_keys = [_zeros((self.scratch_text_block + 1, *key_block), dtype) for _ in range(cross)]
+        self.cross_values = [_zeros((self.scratch_text_block + 1, *value_block), dtype) for _ in range(cross)]
         # Per row: the last text position's key and value per layer, fed as the current token (float32).
         self.last_text = np.zeros((rows, 2 * cross, width), np.float32)
         self.text_lengths = [0] * rows
@@ -100,3 +100,12 @@ class PagedKVCache:
                 array[dst:dst + self.text_blocks] = array[src:src + self.text_blocks]
             self.last_text[target + r] = self.last_text[source + r]
             self.text_lengths[target + r] = self.text_lengths[source + r]
+
+
+def _zeros(shape: tuple, dtype) -> np.ndarray:
+    """Zeros written now, not pages the kernel maps on first touch (``np.zeros``): the first prefill of a
+    task into fresh blocks took 200-350 ms longer than the next (page faults, measured), and every new task
+    lands on blocks the last one may not have touched."""
+    array = np.empty(shape, dtype)
+    array.fill(0)
+    return array
