@@ -138,6 +138,8 @@ def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None]
         "step_ms": {f"{name}_x{tasks}": round(ms, 1) for (name, tasks, at), ms in best.items() if at == positions},
         "step_8_vs_1": round(best[("fp32", 8, positions)] / best[("fp32", 1, positions)], 3),
         "int8_speedup": round(best[("fp32", 1, positions)] / best[("int8", 1, positions)], 3),
+        # The same for the mode a CPU worker serves (int8_speedup keeps its meaning: torch's per-call int8).
+        "cpu_default_speedup": round(best[("fp32", 1, positions)] / best[(CPU_DEFAULT, 1, positions)], 3),
         "int8_drift": {k: round(v, 6) for k, v in drifts["int8"].items()},
         "quantize_mode": CPU_DEFAULT,
         "kv_cache": "float16 (paged)" if compiled is not None else str(chosen_engine.kv_dtype).removeprefix("torch."),
