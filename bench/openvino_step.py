@@ -14,7 +14,7 @@ them for 2 and 16 rows:
 - ``--check-rows``: whether a row's result depends on its neighbours, in the dense layers and in the
   stateful attention (a row alone, beside another, and joined late behind a masked prefix).
 
-    pip install openvino          # not one of Segue's dependencies
+    make bootstrap                # openvino is a worker dependency since the fifth round
     python -m bench.openvino_step --threads 2
 
 Prints one JSON line of wall ms (best of ``--repeats``).

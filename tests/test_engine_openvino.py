@@ -162,3 +162,14 @@ def test_the_settings_accept_the_mode():
     assert _quantize(" OpenVINO-int8 ") == "openvino-int8"
     with pytest.raises(ValueError, match="openvino-int8"):
         _quantize("openvino")
+
+
+def test_a_decoder_the_graph_cannot_build_is_a_clear_error(model):
+    import copy
+
+    from worker.engine.openvino_graph import GraphBuilder
+
+    decoder = copy.deepcopy(model.decoder)
+    decoder.config.activation_function = "relu"
+    with pytest.raises(ValueError, match="GELU"):
+        GraphBuilder(decoder)

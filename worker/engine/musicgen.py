@@ -130,18 +130,17 @@ class MusicGenEngine:
         self.cuda_graphs = cuda_graphs
         # The decoder the scheduler steps, its linear layers in int8 when asked (CPU only: GPUs run half
         # precision). In place: nothing else runs the float decoder, so its memory is not kept twice.
-        quantize = resolve(quantize, torch_device.type, self.num_parameters)  # "auto": int8-rows on CPUs
+        asked = quantize
+        quantize = resolve(quantize, torch_device.type, self.num_parameters)  # "auto": CPU_DEFAULT on CPUs
         if quantize and torch_device.type != "cpu":
             log.info("SEGUE_QUANTIZE=%s ignored on %s", quantize, torch_device)
             quantize = ""
         self.quantize = quantize  # as applied
         # SEGUE_QUANTIZE=openvino-int8: the scheduler steps a compiled graph of the float decoder instead.
-        self.compiled_decoder = None
-        if quantize in COMPILED_MODES:
-            self.decoder = self.model.decoder
-            self.compiled_decoder = OpenVinoStep.compiled(self.decoder, self.cpu_threads)
-            release_float_weights(self.decoder)
-        elif quantize:
+        self.compiled_decoder = self._compiled(asked) if quantize in COMPILED_MODES else None
+        if quantize in COMPILED_MODES and self.compiled_decoder is None:
+            quantize = self.quantize = "int8-rows"
+        if quantize and self.compiled_decoder is None:
             self.decoder = quantize_decoder(self.model.decoder, quantize, inplace=True)
         else:
             self.decoder = self.model.decoder
@@ -152,6 +151,20 @@ class MusicGenEngine:
         self._lock = threading.Lock()
         self._loop: EngineLoop | None = None
         self._closing = False
+
+    def _compiled(self, asked: str):
+        """openvino-int8's compiled graph of the decoder, its float weights then freed; None where it cannot be
+        built here and ``auto`` chose it (the engine then serves int8-rows: auto promises a working worker, not
+        a kernel). Asked for by name, a failure is the error it is."""
+        try:
+            compiled = OpenVinoStep.compiled(self.model.decoder, self.cpu_threads)
+        except Exception:  # noqa: BLE001 - whatever OpenVINO cannot build or run on this CPU
+            if asked != "auto":
+                raise
+            log.exception("the compiled decoding step could not be built here; serving int8-rows instead")
+            return None
+        release_float_weights(self.model.decoder)
+        return compiled
 
     def _load_preprocessing(self, model_ref: str) -> None:
         self.processor = AutoProcessor.from_pretrained(model_ref)
