@@ -142,7 +142,7 @@ def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None]
         "cpu_default_speedup": round(best[("fp32", 1, positions)] / best[(CPU_DEFAULT, 1, positions)], 3),
         "int8_drift": {k: round(v, 6) for k, v in drifts["int8"].items()},
         "quantize_mode": CPU_DEFAULT,
-        "kv_cache": "float16 (paged)" if compiled is not None else str(chosen_engine.kv_dtype).removeprefix("torch."),
+        "kv_cache": str(chosen_engine.kv_dtype).removeprefix("torch.") + (" (paged)" if compiled is not None else ""),
         "step_ms_1": round(step_1, 1),
         "step_ms_8": round(best[(CPU_DEFAULT, 8, MUSICIAN_POSITIONS)], 1),
         "step_positions": MUSICIAN_POSITIONS,

@@ -173,3 +173,18 @@ def test_a_decoder_the_graph_cannot_build_is_a_clear_error(model):
     decoder.config.activation_function = "relu"
     with pytest.raises(ValueError, match="GELU"):
         GraphBuilder(decoder)
+
+
+def test_an_engine_in_the_mode_frees_the_float_weights_its_graph_holds(tiny_model):
+    from worker.engine import MusicGenEngine
+
+    engine = MusicGenEngine(str(tiny_model), device="cpu", quantize="openvino-int8")
+    try:
+        assert engine.quantize == "openvino-int8" and engine.compiled_decoder is not None
+        assert engine.kv_dtype == torch.float16  # its paged cache's, whatever SEGUE_KV_CACHE says
+        body = engine.decoder.model.decoder
+        assert body.layers[0].fc1.weight.numel() == 0 and engine.decoder.lm_heads[0].weight.numel() == 0
+        # What torch still runs: the embeddings and cross-attention's keys and values.
+        assert body.embed_tokens[0].weight.numel() > 0 and body.layers[0].encoder_attn.k_proj.weight.numel() > 0
+    finally:
+        engine.close()

@@ -144,7 +144,9 @@ class MusicGenEngine:
             self.decoder = quantize_decoder(self.model.decoder, quantize, inplace=True)
         else:
             self.decoder = self.model.decoder
-        self.kv_dtype = kv_dtype(kv_cache, torch_device.type, bool(quantize), dtype)
+        # openvino-int8 keeps its own cache (worker.engine.paged_cache), float16 whatever SEGUE_KV_CACHE says.
+        self.kv_dtype = torch.float16 if self.compiled_decoder is not None else kv_dtype(
+            kv_cache, torch_device.type, bool(quantize), dtype)
         # EnCodec decodes on CPUs run tiled (worker.engine.codec: the same audio up to float rounding, ~1.6x
         # faster); GPUs keep transformers' decode, unmeasured there.
         self.codec = TiledDecoder(self.model.audio_encoder) if torch_device.type == "cpu" else None
