@@ -99,10 +99,12 @@ def engine_in_modes(build=None, name: str = "engine"):
 
             made = MusicGenEngine(str(tiny_model), device="cpu", quantize=mode)
         assert made.quantize == mode
-        # A quantized CPU decoder runs over a bfloat16 KV cache (SEGUE_KV_CACHE=auto): tested as it is served.
+        # A quantized CPU decoder runs over a bfloat16 KV cache (SEGUE_KV_CACHE=auto), openvino-int8 over its
+        # float16 paged one: tested as they are served.
         import torch
 
-        assert made.kv_dtype == (torch.bfloat16 if mode else torch.float32)
+        expected = {"": torch.float32, "openvino-int8": torch.float16}.get(mode, torch.bfloat16)
+        assert made.kv_dtype == expected
         yield made
         made.close()
 
