@@ -18,7 +18,9 @@ One part per module:
   cancel, failures, streaming, windows past 30 s, melody models.
 - ``task_state``: one task's progress, cancellation and outcome.
 - ``loop``: the scheduler on a thread of its own, fed from any other.
-- ``quantize``: opt-in int8 decoder weights for CPU workers, and drift.
+- ``quantize``: the CPU workers' precision modes (``SEGUE_QUANTIZE``), torch's int8 decoders, and drift.
+- ``openvino_graph``, ``openvino_step``, ``paged_cache``: ``openvino-int8`` (the x86-64 CPU default): the
+  decoder pass as one compiled OpenVINO graph over a float16 cache in blocks, the same calls as ``step``.
 """
 
 from worker.engine.musicgen import TINY_MODEL_PARAMETERS, MusicGenEngine
