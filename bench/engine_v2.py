@@ -82,26 +82,32 @@ class Setup:
     SPREAD = 10
 
     def __init__(self, model, decoder, tasks: int, positions: int, kv_dtype: torch.dtype = torch.float32):
-        from worker.engine.kv_cache import KVCache
-        from worker.engine.step import DecoderStep
-
-        config = decoder.config
         self.rows = 2 * tasks
-        cache = KVCache(layers=config.num_hidden_layers, rows=self.rows, heads=config.num_attention_heads,
-                        head_dim=config.hidden_size // config.num_attention_heads,
-                        max_positions=positions + self.SPREAD * tasks + 8, max_text=8, dtype=kv_dtype)
-        projection = model.enc_to_dec_proj if model.text_encoder.config.hidden_size != config.hidden_size else None
-        self.step = DecoderStep(decoder, cache, projection)
+        self.step = self._make_step(model, decoder, positions + self.SPREAD * tasks + 8, kv_dtype)
         generator = torch.Generator().manual_seed(0)
         with torch.inference_mode():
             states = model.text_encoder(input_ids=torch.tensor([[5, 6, 7, 1]])).last_hidden_state[0]
             for t in range(tasks):
                 self.step.set_text(slice(2 * t, 2 * t + 2), states, guided=True)
-        cache.keys.normal_(generator=generator)
-        cache.values.normal_(generator=generator)
-        self.ids = torch.randint(0, 2048, (self.rows, config.num_codebooks), generator=generator)
+        self._fill_cache(generator)
+        self.ids = torch.randint(0, 2048, (self.rows, model.decoder.config.num_codebooks), generator=generator)
         offsets = [self.SPREAD * t - self.SPREAD * (tasks - 1) // 2 for t in range(tasks)]
         self.positions = torch.tensor([positions + offset for offset in offsets for _ in range(2)])
+
+    def _make_step(self, model, decoder, max_positions: int, kv_dtype: torch.dtype):
+        from worker.engine.kv_cache import KVCache
+        from worker.engine.step import DecoderStep
+
+        config = decoder.config
+        cache = KVCache(layers=config.num_hidden_layers, rows=self.rows, heads=config.num_attention_heads,
+                        head_dim=config.hidden_size // config.num_attention_heads,
+                        max_positions=max_positions, max_text=8, dtype=kv_dtype)
+        return DecoderStep(decoder, cache, _projection(model))
+
+    def _fill_cache(self, generator: torch.Generator) -> None:
+        """Random keys and values at every position (the values do not change the speed)."""
+        self.step.cache.keys.normal_(generator=generator)
+        self.step.cache.values.normal_(generator=generator)
 
     def time_steps(self, steps: int) -> float:
         """Wall ms per step; the process's CPU ms per step is left in ``cpu_ms``."""
@@ -159,28 +165,21 @@ class HFSetup:
 
 
 class OpenVinoSetup(Setup):
-    """``Setup`` for ``SEGUE_QUANTIZE=openvino-int8``: the compiled graph over the paged float16 cache."""
+    """``Setup`` for ``SEGUE_QUANTIZE=openvino-int8``: ``decoder`` is the compiled graph, stepped over its paged
+    float16 cache (``kv_dtype`` is ignored)."""
 
-    def __init__(self, model, compiled, tasks: int, positions: int):
-        import numpy as np
-
+    def _make_step(self, model, decoder, max_positions: int, kv_dtype: torch.dtype):
         from worker.engine.openvino_step import OpenVinoStep
 
-        self.rows = 2 * tasks
-        self.step = OpenVinoStep(model.decoder, _paged_cache(model, compiled, self.rows,
-                                                             positions + self.SPREAD * tasks + 8),
-                                 compiled, _projection(model))
-        generator = torch.Generator().manual_seed(0)
+        return OpenVinoStep(model.decoder, _paged_cache(model, decoder, self.rows, max_positions), decoder,
+                            _projection(model))
+
+    def _fill_cache(self, generator: torch.Generator) -> None:
+        import numpy as np
+
         noise = np.random.default_rng(0)
-        with torch.inference_mode():
-            states = model.text_encoder(input_ids=torch.tensor([[5, 6, 7, 1]])).last_hidden_state[0]
-            for t in range(tasks):
-                self.step.set_text(slice(2 * t, 2 * t + 2), states, guided=True)
         for array in (*self.step.cache.keys, *self.step.cache.values):
             array[:] = noise.standard_normal(array.shape).astype(array.dtype)
-        self.ids = torch.randint(0, 2048, (self.rows, model.decoder.config.num_codebooks), generator=generator)
-        offsets = [self.SPREAD * t - self.SPREAD * (tasks - 1) // 2 for t in range(tasks)]
-        self.positions = torch.tensor([positions + offset for offset in offsets for _ in range(2)])
 
 
 def setup_for(model, decoder, tasks: int, positions: int, kv_dtype: torch.dtype = torch.float32) -> Setup:
@@ -229,7 +228,7 @@ def drift_of(model, decoders: dict, positions: int, kv_dtypes: dict | None = Non
     ids = delay.build_sequence(prompt, 40, delay.delays(config.num_codebooks, config.audio_channels))
     free = ids == -1
     ids[free] = torch.randint(0, 2048, (int(free.sum()),), generator=generator)
-    projection = model.enc_to_dec_proj if model.text_encoder.config.hidden_size != config.hidden_size else None
+    projection = _projection(model)
     logits = {}
     with torch.inference_mode():
         states = model.text_encoder(input_ids=torch.tensor([[5, 6, 7, 1]])).last_hidden_state[0]

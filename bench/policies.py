@@ -128,9 +128,9 @@ def step_figures(fp32_engine, chosen_engine, settler, log: Callable[[str], None]
     bandwidth = max(bandwidths)
     weights = weight_bytes(model.decoder) if compiled is not None else step_weight_bytes(decoders[CPU_DEFAULT])
     config = model.decoder.config
-    # What the step also reads from the cache for one guided task (two rows, keys and values, every layer):
-    # bfloat16 or openvino-int8's float16, two bytes a value either way.
-    cache_bytes = 2 * 2 * config.num_hidden_layers * config.hidden_size * MUSICIAN_POSITIONS * 2
+    # What the step also reads from the cache for one guided task (two rows, keys and values, every layer).
+    cache_bytes = (2 * 2 * config.num_hidden_layers * config.hidden_size * MUSICIAN_POSITIONS
+                   * chosen_engine.kv_dtype.itemsize)
     step_1 = best[(CPU_DEFAULT, 1, MUSICIAN_POSITIONS)]
     drifts = drift_of(model, decoders, positions, kv_dtypes)
     del decoders["int8"]

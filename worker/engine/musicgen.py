@@ -129,7 +129,8 @@ class MusicGenEngine:
         self.max_tasks = max(1, max_tasks)
         self.cuda_graphs = cuda_graphs
         # The decoder the scheduler steps, its linear layers in int8 when asked (CPU only: GPUs run half
-        # precision). In place: nothing else runs the float decoder, so its memory is not kept twice.
+        # precision), or compiled into an OpenVINO graph. In place either way: nothing else runs the float
+        # decoder, so its memory is not kept twice.
         asked = quantize
         quantize = resolve(quantize, torch_device.type, self.num_parameters)  # "auto": CPU_DEFAULT on CPUs
         if quantize and torch_device.type != "cpu":

@@ -122,12 +122,7 @@ class OpenVinoStep(DecoderStep):
         cache = self.cache
         tables = [cache.self_blocks(row, start + tokens) if row is not None
                   else np.array([cache.scratch_block], np.int32) for row, start, tokens in sequences]
-        tokens = [t for _, _, t in sequences]
-        return {"self_past_lens": np.array([s for _, s, _ in sequences], np.int32),
-                "self_subsequence_begins": np.concatenate([[0], np.cumsum(tokens)]).astype(np.int32),
-                "self_block_indices": np.concatenate(tables).astype(np.int32),
-                "self_block_indices_begins": np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int32),
-                "self_max_context_len": np.array(longest, np.int32)}
+        return _paged_inputs("self_", [s for _, s, _ in sequences], [t for _, _, t in sequences], tables, longest)
 
     def _cross_meta(self, rows: list[int | None]) -> dict:
         """One token per sequence, each over its row's text (None: the scratch text block)."""
@@ -135,11 +130,7 @@ class OpenVinoStep(DecoderStep):
         lengths = [cache.text_lengths[row] if row is not None else 1 for row in rows]
         tables = [cache.text_blocks_of(row) if row is not None else np.array([cache.scratch_text_block], np.int32)
                   for row in rows]
-        return {"cross_past_lens": np.array(lengths, np.int32) - 1,
-                "cross_subsequence_begins": np.arange(len(rows) + 1, dtype=np.int32),
-                "cross_block_indices": np.concatenate(tables).astype(np.int32),
-                "cross_block_indices_begins": np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int32),
-                "cross_max_context_len": np.array(max(lengths), np.int32)}
+        return _paged_inputs("cross_", [length - 1 for length in lengths], [1] * len(rows), tables, max(lengths))
 
     def _run(self, feeds: dict, rows: int) -> torch.Tensor:
         logits = self.request.infer(feeds, share_inputs=True)["logits"]
@@ -149,3 +140,13 @@ class OpenVinoStep(DecoderStep):
 def _host(tensor: torch.Tensor) -> np.ndarray:
     """A float32 copy owned by numpy: the request keeps its last inputs, which must not keep torch tensors."""
     return np.array(tensor.float().numpy(), dtype=np.float32, order="C")
+
+
+def _paged_inputs(prefix: str, past: list[int], tokens: list[int], tables: list[np.ndarray], longest: int) -> dict:
+    """One attention kind's ``PagedAttention`` inputs: per sequence, the positions it has cached, the tokens it
+    brings and its block table; ``longest``: the longest sequence, those tokens included."""
+    return {f"{prefix}past_lens": np.array(past, np.int32),
+            f"{prefix}subsequence_begins": np.concatenate([[0], np.cumsum(tokens)]).astype(np.int32),
+            f"{prefix}block_indices": np.concatenate(tables).astype(np.int32),
+            f"{prefix}block_indices_begins": np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int32),
+            f"{prefix}max_context_len": np.array(longest, np.int32)}

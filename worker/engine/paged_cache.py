@@ -52,10 +52,6 @@ class PagedKVCache:
         self.last_text = np.zeros((rows, 2 * cross, width), np.float32)
         self.text_lengths = [0] * rows
 
-    @property
-    def bytes(self) -> int:
-        return sum(a.nbytes for a in (*self.keys, *self.values, *self.cross_keys, *self.cross_values))
-
     def self_blocks(self, row: int, length: int) -> np.ndarray:
         """The blocks holding positions ``[0, length)`` of ``row``."""
         first = row * self.row_blocks
